@@ -1,0 +1,14 @@
+"""One exception type for bad user input, so apps can print it as a single line and go on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """Bad input that a user can fix: the message names the file and the problem, on one line."""
+
+    def __init__(self, path: str | Path | None, problem: str):
+        self.path = None if path is None else str(path)
+        self.problem = " ".join(str(problem).split())  # one line, whatever the cause printed
+        super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
