@@ -1,0 +1,160 @@
+"""DataModules stream every bag whole, padded with a mask, and refuse bad cohorts at setup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsisum.data.bags import write_bag
+from wsisum.data.datamodules import ClassificationDataModule, PretrainDataModule
+from wsisum.data.datasets import collate_bags
+from wsisum.data.embeddings import write_embedding
+from wsisum.data.splits import write_split
+from wsisum.errors import InputError
+
+
+def _all(loader) -> list[dict]:
+    return list(loader)
+
+
+def test_classification_batches_pad_without_truncating(small_cohort) -> None:
+    root, feats = small_cohort
+    dm = ClassificationDataModule(root, "task", batch_size=3)
+    dm.setup()
+    assert dm.num_classes == 2 and dm.feature_dim == 8
+    seen = {}
+    for part in ("train", "val", "test"):
+        loader = getattr(dm, f"{part}_dataloader")()
+        for batch in loader:
+            b, n_max, d = batch["features"].shape
+            assert d == 8 and batch["mask"].shape == (b, n_max) and batch["coords"].shape == (b, n_max, 2)
+            assert n_max == int(batch["n_patches"].max())
+            for j, sid in enumerate(batch["slide_id"]):
+                n = int(batch["n_patches"][j])
+                assert batch["mask"][j].sum() == n and not batch["mask"][j, n:].any()
+                np.testing.assert_array_equal(batch["features"][j, :n].numpy(), feats[sid])
+                assert (batch["features"][j, n:] == 0).all() and (batch["coords"][j, n:] == -1).all()
+                seen[sid] = part
+    split = dm.split
+    assert set(seen) == set(split.train + split.val + split.test)
+    assert all(seen[s] == "test" for s in split.test)
+
+
+def test_train_order_is_seeded(small_cohort) -> None:
+    root, _ = small_cohort
+
+    def order(seed: int) -> list[str]:
+        dm = ClassificationDataModule(root, "task", seed=seed)
+        dm.setup()
+        return [b["slide_id"][0] for b in dm.train_dataloader()]
+
+    assert order(0) == order(0)
+    assert order(0) != order(1) or len(order(0)) < 3
+
+
+def test_workers_read_lazily(small_cohort) -> None:
+    root, feats = small_cohort
+    dm = ClassificationDataModule(root, "task", num_workers=2, batch_size=2)
+    dm.setup()
+    got = {sid: int(n) for b in dm.train_dataloader() for sid, n in zip(b["slide_id"], b["n_patches"])}
+    assert got == {s: len(feats[s]) for s in dm.split.train}
+
+
+def test_summary_bag_directory(tmp_path: Path, small_cohort) -> None:
+    root, feats = small_cohort
+    summaries = tmp_path / "summaries"
+    for sid, f in feats.items():
+        write_bag(summaries / sid[:3] / f"{sid}.h5", f[:2], extras={"indices": np.arange(2)})
+    dm = ClassificationDataModule(root, "task", bags=summaries)
+    dm.setup()
+    assert {int(b["n_patches"][0]) for b in dm.test_dataloader()} == {2}
+    (summaries / dm.split.test[0][:3] / f"{dm.split.test[0]}.h5").unlink()
+    dm = ClassificationDataModule(root, "task", bags=summaries)
+    with pytest.raises(InputError, match=r"no bag for 1 slide\(s\) of .*splits_0.csv"):
+        dm.setup()
+
+
+def test_setup_errors_are_one_line(small_cohort) -> None:
+    root, _ = small_cohort
+    write_split(root / "splits" / "task" / "splits_1.csv", ["dsA-000", "dsA-001"], [], ["dsA-001"])
+    with pytest.raises(InputError, match=r"splits_1.csv: leaky split: 1 slide id\(s\) in both train and test"):
+        ClassificationDataModule(root, "task", fold=1).setup()
+    write_split(root / "splits" / "task" / "splits_2.csv", ["dsA-000", "ghost"], [], ["dsA-001"])
+    with pytest.raises(InputError, match=r"1 slide id\(s\) have no label .* \(ghost\)"):
+        ClassificationDataModule(root, "task", fold=2).setup()
+    with pytest.raises(InputError, match="split file not found"):
+        ClassificationDataModule(root, "task", fold=7).setup()
+    with pytest.raises(InputError, match="labels file not found"):
+        ClassificationDataModule(root, "nolabels").setup()
+
+
+def test_mixed_dims_and_bad_files(small_cohort) -> None:
+    root, _ = small_cohort
+    dm = ClassificationDataModule(root, "task")
+    dm.setup()
+    victim, other = dm.split.test[0], dm.split.train[0]
+    ds = "dsA" if victim.startswith("dsA") else "dsB"
+    write_bag(root / "h5_files" / ds / f"{victim}.h5", np.ones((4, 5), np.float32))
+    with pytest.raises(InputError, match=r"feature dim 5 differs from .* \(8\)"):
+        ClassificationDataModule(root, "task").setup()
+    (root / "h5_files" / ds / f"{victim}.h5").write_bytes(b"broken")
+    with pytest.raises(InputError, match=f"{victim}.h5: unreadable HDF5"):
+        ClassificationDataModule(root, "task").setup()
+    skipping = ClassificationDataModule(root, "task", on_bad_slide="skip")
+    skipping.setup()
+    assert victim not in skipping.parts["test"].slide_ids and other in skipping.parts["train"].slide_ids
+
+
+def test_collate_refuses_mixed_dims() -> None:
+    a = {"slide_id": "a", "path": "a.h5", "features": torch.ones(3, 4), "coords": torch.zeros(3, 2)}
+    b = {"slide_id": "b", "path": "b.h5", "features": torch.ones(2, 6), "coords": torch.zeros(2, 2)}
+    with pytest.raises(InputError, match=r"b.h5: feature dim 6 differs from a.h5 \(4\)"):
+        collate_bags([a, b])
+
+
+def test_pretrain_teachers_masked_when_missing(small_cohort) -> None:
+    root, feats = small_cohort
+    (root / "slide_embeddings" / "dsA" / "PRISM" / "dsA-002.h5").unlink()
+    dm = PretrainDataModule(root, val_fraction=0.25, batch_size=4)
+    dm.setup()
+    assert dm.teacher_dims == {"PRISM": 20, "TITAN": 12} and dm.feature_dim == 8
+    ids = dm.parts["train"].slide_ids + dm.parts["val"].slide_ids
+    assert sorted(ids) == sorted(feats) and dm.parts["val"].slide_ids
+    present = {}
+    for batch in list(dm.train_dataloader()) + list(dm.val_dataloader()):
+        assert batch["teachers"]["PRISM"].shape[1:] == (20,)
+        for j, sid in enumerate(batch["slide_id"]):
+            present[sid] = bool(batch["teacher_present"]["PRISM"][j])
+            if not present[sid]:
+                assert (batch["teachers"]["PRISM"][j] == 0).all()
+    assert [s for s, p in present.items() if not p] == ["dsA-002"]
+    again = PretrainDataModule(root, val_fraction=0.25)
+    again.setup()
+    assert again.parts["val"].slide_ids == dm.parts["val"].slide_ids  # stable split
+
+
+def test_pretrain_inconsistent_teacher_dim(small_cohort) -> None:
+    root, _ = small_cohort
+    bad = root / "slide_embeddings" / "dsB" / "TITAN" / "dsB-003.h5"
+    write_embedding(bad, np.ones(13))
+    dm = PretrainDataModule(root, val_fraction=0.0, exclude=[], batch_size=1)
+    dm.setup()
+    with pytest.raises(InputError, match=r"dsB-003.h5: teacher TITAN has dim 13, other slides have 12"):
+        _all(dm.train_dataloader())
+
+
+def test_pretrain_transform_and_exclude(small_cohort) -> None:
+    root, _ = small_cohort
+
+    def first_two(item):
+        item["features"], item["coords"] = item["features"][:2], item["coords"][:2]
+        return item
+
+    dm = PretrainDataModule(root, val_fraction=0.0, exclude=["dsB-000"], transform=first_two, batch_size=12)
+    dm.setup()
+    (batch,) = _all(dm.train_dataloader())
+    assert batch["features"].shape[:2] == (11, 2) and "dsB-000" not in batch["slide_id"]
+    assert set(batch["teachers"]) == {"PRISM", "TITAN"}

@@ -1,0 +1,1 @@
+"""Stage 1: bags, cohorts, labels, splits, synthetic cohorts and the DataModules that stream them."""

@@ -1,0 +1,234 @@
+"""LightningDataModules that stream `.h5` bags: downstream classification and summarizer pretraining.
+
+Both validate the whole cohort in `setup` from file headers only (missing or corrupt files, mixed
+feature dims, split leakage, unlabelled or bag-less slides), so a bad file fails in seconds with one
+line instead of hours into training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from wsisum.data.bags import bag_info
+from wsisum.data.cohort import Cohort
+from wsisum.data.datasets import BagDataset, Item, TeacherBagDataset, collate_bags
+from wsisum.data.embeddings import read_embedding
+from wsisum.data.labels import Labels, _examples, read_labels
+from wsisum.data.splits import PARTS, Split, read_split
+from wsisum.errors import InputError
+
+log = logging.getLogger(__name__)
+OnBad = Literal["error", "skip"]
+
+
+def scan_bags(cohort: Cohort, slide_ids: Sequence[str], on_bad: OnBad = "error") -> tuple[list[str], int]:
+    """Check every bag's header; return (usable slide ids, feature dim). Mixed dims are an error."""
+    good, dims, bad = [], {}, []
+    for sid in slide_ids:
+        try:
+            info = bag_info(cohort[sid].bag_path)
+        except InputError as err:
+            if on_bad == "error":
+                raise
+            log.warning("skipping slide %s: %s", sid, err)
+            bad.append(sid)
+            continue
+        dims.setdefault(info.dim, info.path)
+        if len(dims) > 1:
+            (d0, p0), (d1, p1) = list(dims.items())[:2]
+            raise InputError(p1, f"feature dim {d1} differs from {p0} ({d0}); one cohort must use one encoder")
+        good.append(sid)
+    if not good:
+        raise InputError(cohort.bag_dir, f"no usable bag among {len(slide_ids)} slide(s)")
+    if bad:
+        log.warning("%d slide(s) skipped as unreadable: %s", len(bad), _examples(bad))
+    return good, next(iter(dims))
+
+
+def _loader(ds: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=collate_bags,
+        generator=gen,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Bags + labels of one task, one fold of its CLAM splits; bags are full (`"full"`) or summaries.
+
+    `bags` is either "full" (the cohort's `h5_files/`) or a directory of summary bags in the same
+    `<dataset>/<slide_id>.h5` layout (what `wsisum-summarize` writes).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        task: str,
+        classes: Sequence[str] | None = None,
+        fold: int = 0,
+        bags: str | Path = "full",
+        datasets: Sequence[str] | None = None,
+        labels_path: str | Path | None = None,
+        splits_dir: str | Path | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        check_values: bool = True,
+        allow_leakage: bool = False,
+        on_bad_slide: OnBad = "error",
+    ):
+        super().__init__()
+        self.root, self.task, self.classes, self.fold = Path(root), task, classes, int(fold)
+        self.bags = bags
+        self.datasets = list(datasets) if datasets else None
+        self.labels_path, self.splits_dir = labels_path, splits_dir
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.check_values, self.allow_leakage, self.on_bad_slide = check_values, allow_leakage, on_bad_slide
+        self.cohort: Cohort | None = None
+        self.labels: Labels | None = None
+        self.split: Split | None = None
+        self.feature_dim: int | None = None
+        self.parts: dict[str, BagDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        assert self.labels is not None, "call setup() first"
+        return len(self.labels.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.parts:
+            return
+        bag_dir = None if str(self.bags) == "full" else self.bags
+        self.cohort = cohort = Cohort(self.root, self.datasets, bag_dir=bag_dir)
+        self.labels = labels = read_labels(self.labels_path or cohort.labels_path(self.task), self.classes)
+        splits_dir = Path(self.splits_dir) if self.splits_dir else cohort.splits_dir(self.task)
+        self.split = split = read_split(
+            splits_dir / f"splits_{self.fold}.csv", case_of=labels.case_of, allow_leakage=self.allow_leakage
+        )
+        ids = [s for p in PARTS for s in split.part(p)]
+        unlabelled = [s for s in ids if s not in labels.label_of]
+        if unlabelled:
+            raise InputError(
+                split.path, f"{len(unlabelled)} slide id(s) have no label in {labels.path} ({_examples(unlabelled)})"
+            )
+        no_bag = [s for s in ids if s not in cohort]
+        if no_bag:
+            raise InputError(cohort.bag_dir, f"no bag for {len(no_bag)} slide(s) of {split.path} ({_examples(no_bag)})")
+        usable, self.feature_dim = scan_bags(cohort, ids, self.on_bad_slide)
+        usable_set = set(usable)
+        for part in PARTS:
+            sids = [s for s in split.part(part) if s in usable_set]
+            if not sids and part != "val":
+                raise InputError(split.path, f"the {part} partition is empty")
+            self.parts[part] = BagDataset(
+                [cohort[s].bag_path for s in sids],
+                sids,
+                [labels.label_of[s] for s in sids],
+                check_values=self.check_values,
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self.parts["train"], self.batch_size, self.num_workers, True, self.seed + self.fold)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(self.parts["val"], self.batch_size, self.num_workers, False, 0)
+
+    def test_dataloader(self) -> DataLoader:
+        return _loader(self.parts["test"], self.batch_size, self.num_workers, False, 0)
+
+
+def _in_val(slide_id: str, seed: int, fraction: float) -> bool:
+    """Stable, seed-dependent membership: same slide, same side, whatever the cohort's order."""
+    h = hashlib.sha1(f"{seed}:{slide_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < fraction
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Bags + teacher slide embeddings for summarizer pretraining (no labels needed).
+
+    A slide that lacks a teacher keeps training on the others (its `teacher_present` is False).
+    `transform` lets the pretraining stage draw each epoch's pool from the full bag in the worker.
+    `exclude` keeps slides (e.g. every downstream test slide) out of pretraining.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        teachers: Sequence[str] | None = None,
+        datasets: Sequence[str] | None = None,
+        val_fraction: float = 0.1,
+        exclude: Sequence[str] = (),
+        batch_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        check_values: bool = True,
+        on_bad_slide: OnBad = "skip",
+        transform: Callable[[Item], Item] | None = None,
+    ):
+        super().__init__()
+        self.root, self.teacher_names = Path(root), list(teachers) if teachers else None
+        self.datasets = list(datasets) if datasets else None
+        self.val_fraction, self.exclude = float(val_fraction), set(exclude)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.check_values, self.on_bad_slide, self.transform = check_values, on_bad_slide, transform
+        self.teacher_dims: dict[str, int] = {}
+        self.feature_dim: int | None = None
+        self.parts: dict[str, TeacherBagDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.parts:
+            return
+        cohort = Cohort(self.root, self.datasets)
+        teachers = self.teacher_names or cohort.teachers()
+        if not teachers:
+            raise InputError(cohort.root / "slide_embeddings", "no teacher embeddings found")
+        ids = [s for s in cohort.slide_ids() if s not in self.exclude]
+        ids, self.feature_dim = scan_bags(cohort, ids, self.on_bad_slide)
+        paths: dict[str, list[Path | None]] = {}
+        for t in teachers:
+            found = [cohort.embedding_path(s, t) for s in ids]
+            paths[t] = [p if p.is_file() else None for p in found]
+            first = next((p for p in paths[t] if p is not None), None)
+            if first is None:
+                raise InputError(cohort.embeddings_dir(cohort.datasets[0]) / t, f"no embedding files for teacher {t}")
+            self.teacher_dims[t] = int(read_embedding(first).shape[0])
+            n_missing = sum(p is None for p in paths[t])
+            if n_missing:
+                log.warning(
+                    "teacher %s: %d of %d slides lack an embedding (masked in the loss)", t, n_missing, len(ids)
+                )
+        in_val = [_in_val(s, self.seed, self.val_fraction) for s in ids]
+        for part, want in (("train", False), ("val", True)):
+            idx = [i for i, v in enumerate(in_val) if v == want]
+            self.parts[part] = TeacherBagDataset(
+                [cohort[ids[i]].bag_path for i in idx],
+                [ids[i] for i in idx],
+                {t: [paths[t][i] for i in idx] for t in teachers},
+                self.teacher_dims,
+                check_values=self.check_values,
+                transform=self.transform,
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self.parts["train"], self.batch_size, self.num_workers, True, self.seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(self.parts["val"], self.batch_size, self.num_workers, False, 0)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint should remember about the data (teacher dims, feature dim)."""
+        return {"teacher_dims": self.teacher_dims, "feature_dim": self.feature_dim}
