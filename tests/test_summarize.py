@@ -1,0 +1,147 @@
+"""wsisum-summarize: summary bags equal their source rows, runs resume, bad slides don't stop a run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import make_cohort
+from wsisum.data.bags import read_bag
+from wsisum.data.cohort import Cohort
+from wsisum.sampling.samplers import EntropySampler, KMeansSampler, LocationSampler, RandomSampler
+from wsisum.summarize.run import summarize_cohort
+
+SAMPLERS = {
+    "random": RandomSampler(0),
+    "kmeans": KMeansSampler(0, n_clusters=4),
+    "entropy": EntropySampler(0),
+    "location": LocationSampler(0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_summary_rows_equal_source_rows(tmp_path: Path, small_cohort, name: str) -> None:
+    root, feats = small_cohort
+    out = tmp_path / "summ"
+    report = summarize_cohort(Cohort(root), SAMPLERS[name], 6, out, progress=False)
+    assert report.ok and sorted(report.done) == sorted(feats)
+    for sid, f in feats.items():
+        src = read_bag(root / "h5_files" / sid[:3] / f"{sid}.h5")
+        summ = read_bag(out / sid[:3] / f"{sid}.h5")
+        idx = summ.extras["indices"]
+        assert len(idx) == min(6, len(f))
+        np.testing.assert_array_equal(summ.features, src.features[idx])
+        np.testing.assert_array_equal(summ.coords, src.coords[idx])
+        assert summ.attrs["sampler"] == name and summ.attrs["budget"] == 6 and summ.attrs["seed"] == 0
+        assert summ.attrs["source"] == f"h5_files/{sid[:3]}/{sid}.h5"  # relative, never absolute
+        assert summ.attrs["n_source"] == len(f) and bool(summ.attrs["all_patches"]) == (len(f) <= 6)
+
+
+def test_rerun_skips_and_other_recipe_is_refused(tmp_path: Path, small_cohort) -> None:
+    root, feats = small_cohort
+    out = tmp_path / "summ"
+    summarize_cohort(Cohort(root), RandomSampler(0), 4, out, progress=False)
+    again = summarize_cohort(Cohort(root), RandomSampler(0), 4, out, progress=False)
+    assert again.done == [] and len(again.skipped) == len(feats)
+    other = summarize_cohort(Cohort(root), RandomSampler(0), 5, out, progress=False)
+    assert len(other.failed) == len(feats)
+    assert all("exists with another recipe, budget=4 (this run: 5)" in m for m in other.failed.values())
+    forced = summarize_cohort(Cohort(root), RandomSampler(0), 5, out, overwrite=True, progress=False)
+    assert len(forced.done) == len(feats)
+
+
+def test_bad_slide_reported_others_done(tmp_path: Path, small_cohort) -> None:
+    root, feats = small_cohort
+    bad = root / "h5_files" / "dsA" / "dsA-003.h5"
+    with h5py.File(bad, "r+") as f:
+        data = f["features"][()]
+        data[2, 1] = np.nan
+        f["features"][...] = data
+    report = summarize_cohort(Cohort(root), KMeansSampler(0, n_clusters=3), 4, tmp_path / "s", progress=False)
+    assert list(report.failed) == ["dsA-003"] and len(report.done) == len(feats) - 1
+    assert (
+        report.failed["dsA-003"]
+        == f"{bad}: 'features' has non-finite values (NaN/Inf) in 1 of 12 rows (first bad row 2)"
+    )
+    assert not (tmp_path / "s" / "dsA" / "dsA-003.h5").exists()
+
+
+def test_workers_match_in_process(tmp_path: Path, small_cohort) -> None:
+    root, feats = small_cohort
+    sampler = KMeansSampler(0, n_clusters=3)
+    summarize_cohort(Cohort(root), sampler, 5, tmp_path / "a", progress=False)
+    report = summarize_cohort(Cohort(root), sampler, 5, tmp_path / "b", workers=2, progress=False)
+    assert report.ok
+    for sid in feats:
+        a = read_bag(tmp_path / "a" / sid[:3] / f"{sid}.h5").extras["indices"]
+        b = read_bag(tmp_path / "b" / sid[:3] / f"{sid}.h5").extras["indices"]
+        np.testing.assert_array_equal(a, b)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wsisum.apps.summarize", *args, "progress=false"]
+
+
+def test_cli_reports_bad_slide_and_exits_nonzero(tmp_path: Path, small_cohort) -> None:
+    root, feats = small_cohort
+    (root / "h5_files" / "dsB" / "dsB-001.h5").write_bytes(b"truncated")
+    out = tmp_path / "summ"
+    r = subprocess.run(
+        _cli(f"data.root={root}", "sampler=random", "budget=3", f"out_dir={out}", "workers=0"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "1 slide(s) failed:" in r.stderr and "dsB-001.h5: unreadable HDF5" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert len(list(out.rglob("*.h5"))) == len(feats) - 1
+
+
+def test_cli_unknown_root_is_one_line(tmp_path: Path) -> None:
+    r = subprocess.run(
+        _cli(f"data.root={tmp_path}/none", "budget=3", f"out_dir={tmp_path}/o"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        r.returncode == 1
+        and r.stderr.strip()
+        == f"error: {tmp_path}/none: cohort root not found (expected h5_files/<dataset>/<slide_id>.h5)"
+    )
+
+
+def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
+    root = tmp_path / "cohort"
+    make_cohort(root, {"big": [4000] * 40}, dim=64, teachers={})
+    out = tmp_path / "summ"
+    args = _cli(f"data.root={root}", "sampler=kmeans", "budget=32", f"out_dir={out}", "workers=0")
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.rglob("*.h5"))) < 5:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = len(list(out.rglob("*.h5")))
+    assert 5 <= n_before < 40, "the run was not killed mid-way; make the cohort bigger"
+    for p in out.rglob("*.h5"):
+        read_bag(p)  # every finished file is complete and valid
+    r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"{40 - n_before} summarized, {n_before} already done" in r.stdout
+    files = sorted(out.rglob("*"))
+    assert not [p for p in files if p.name.startswith(".tmp-")]
+    assert len([p for p in files if p.suffix == ".h5"]) == 40
+    for p in out.rglob("*.h5"):
+        assert len(read_bag(p).extras["indices"]) == 32

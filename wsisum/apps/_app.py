@@ -1,0 +1,54 @@
+"""What every Hydra app shares: where configs live and how expected errors are reported."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from wsisum.errors import InputError
+
+# `wsisum/configs` is a link to the top-level `configs/` (and a copy inside a built wheel), so the
+# apps find their configs both in a source checkout and in an installed package.
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def _input_error_in(err: BaseException) -> InputError | None:
+    """Hydra wraps errors raised while instantiating a config; find the user's one inside."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, InputError):
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
+def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Turn an `InputError` into one `error: <file>: <problem>` line and exit code 1, no traceback."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        except InstantiationException as err:
+            cause = _input_error_in(err)
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        except MissingMandatoryValue as err:
+            key = getattr(err, "full_key", None) or "?"
+            print(f"error: missing required option '{key}' (add {key}=... to the command)", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper

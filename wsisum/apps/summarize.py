@@ -1,0 +1,46 @@
+"""`wsisum-summarize data.root=DIR sampler=NAME budget=K out_dir=DIR`: write summary bags."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.data.cohort import Cohort
+from wsisum.summarize.run import RunReport, summarize_cohort
+
+
+@report_input_errors
+def summarize(cfg: DictConfig) -> RunReport:
+    cohort = Cohort(cfg.data.root, cfg.data.datasets)
+    sampler = hydra.utils.instantiate(cfg.sampler)
+    report = summarize_cohort(
+        cohort,
+        sampler,
+        int(cfg.budget),
+        cfg.out_dir,
+        workers=int(cfg.workers),
+        overwrite=bool(cfg.overwrite),
+        progress=bool(cfg.progress),
+    )
+    print(
+        f"{sampler.name} budget={cfg.budget}: {len(report.done)} summarized, {len(report.skipped)} already done, "
+        f"{len(report.failed)} failed in {report.seconds:.1f}s -> {cfg.out_dir}"
+    )
+    if report.failed:
+        print(f"{len(report.failed)} slide(s) failed:", file=sys.stderr)
+        for line in report.failed.values():
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(1)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="summarize")
+def main(cfg: DictConfig) -> None:
+    summarize(cfg)
+
+
+if __name__ == "__main__":
+    main()

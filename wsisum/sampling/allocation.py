@@ -1,0 +1,55 @@
+"""Split a budget K over strata (clusters, grid cells) in proportion to their sizes, exactly.
+
+The original WSISum rounds K * size / N per cluster and patches the total with a +-1 fix, which can
+overfill a small cluster and then return fewer than K patches. Here: a capped largest-remainder
+(Hamilton) allocation — sums to exactly K, never exceeds a stratum's size, optional floor per stratum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def allocate(sizes: np.ndarray, budget: int, min_per_stratum: int = 0) -> np.ndarray:
+    """Integer allocation a with sum(a) == min(K, sum(sizes)), 0 <= a <= sizes, ~ proportional.
+
+    With `min_per_stratum` m every stratum first gets min(m, size) (the largest strata first when
+    even that exceeds K), so rare morphologies are not rounded away.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if (sizes < 0).any():
+        raise ValueError("stratum sizes must be non-negative")
+    total = int(sizes.sum())
+    budget = min(int(budget), total)
+    alloc = np.zeros_like(sizes)
+    if budget <= 0:
+        return alloc
+    if min_per_stratum > 0:
+        floor = np.minimum(sizes, int(min_per_stratum))
+        if floor.sum() > budget:  # not even the floors fit: give them to the largest strata first
+            order = np.argsort(-sizes, kind="stable")
+            left = budget
+            for j in order:
+                take = min(int(floor[j]), left)
+                alloc[j] = take
+                left -= take
+                if left == 0:
+                    break
+            return alloc
+        alloc = floor.copy()
+    # Hamilton rounding on the remaining budget; strata that hit their size drop out and the rest is
+    # re-spread over the others (water-filling), so caps never make the total fall short of K.
+    while (left := budget - int(alloc.sum())) > 0:
+        open_ = sizes - alloc > 0
+        quota = np.zeros(len(sizes), dtype=np.float64)
+        quota[open_] = left * sizes[open_] / sizes[open_].sum()
+        whole = np.minimum(np.floor(quota).astype(np.int64), sizes - alloc)
+        alloc += whole
+        left -= int(whole.sum())
+        if left == 0:
+            break
+        rem = quota - whole  # largest remainders first; ties to the larger stratum, then lower index
+        order = np.lexsort((np.arange(len(sizes)), -sizes, -rem))
+        order = order[(sizes - alloc)[order] > 0][:left]
+        alloc[order] += 1
+    return alloc

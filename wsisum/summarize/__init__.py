@@ -1,0 +1,1 @@
+"""Stage 5: run a sampler over a cohort and write summary bags (atomic, resumable, parallel)."""

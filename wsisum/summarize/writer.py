@@ -1,0 +1,67 @@
+"""Summary bags: `out_dir/<dataset>/<slide_id>.h5` readable by any CLAM/TRIDENT-style tool.
+
+features (K, D) and coords (K, 2) are the source rows at `indices` (K,); attrs say how they were
+chosen (sampler, budget, seed, score, source) so a summary is never separated from its recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+import wsisum
+from wsisum.data.bags import Bag, write_bag
+from wsisum.sampling.base import Selection
+
+RECIPE_KEYS = ("sampler", "budget", "seed")
+
+
+def summary_path(out_dir: str | Path, dataset: str, slide_id: str) -> Path:
+    return Path(out_dir) / dataset / f"{slide_id}.h5"
+
+
+def relative_source(bag_path: str | Path, data_root: str | Path) -> str:
+    """The source bag relative to the cohort root (no absolute paths baked into outputs)."""
+    try:
+        return str(Path(bag_path).resolve().relative_to(Path(data_root).resolve()))
+    except ValueError:
+        return str(Path(bag_path).resolve())
+
+
+def write_summary(path: str | Path, bag: Bag, selection: Selection, recipe: dict[str, Any], source: str) -> Path:
+    idx = np.asarray(selection.indices, dtype=np.int64)
+    attrs = {k: v for k, v in recipe.items() if v is not None and not isinstance(v, dict | list)}
+    attrs |= {
+        "source": source,
+        "n_source": bag.n_patches,
+        "score": np.nan if selection.score is None else float(selection.score),
+        "wsisum_version": wsisum.__version__,
+    }
+    attrs |= {k: v for k, v in selection.attrs.items() if v is not None}
+    extras = {"indices": idx}
+    if selection.scores is not None:
+        extras["scores"] = np.asarray(selection.scores, dtype=np.float32)
+    coords = None if bag.coords is None else bag.coords[idx]
+    return write_bag(path, bag.features[idx], coords, attrs=attrs, coords_attrs=bag.coords_attrs, extras=extras)
+
+
+def existing_recipe(path: str | Path) -> dict[str, Any] | None:
+    """The recipe attrs of a finished summary, or None when there is none (or it is unreadable)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "indices" not in f:
+                return None
+            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    except OSError:
+        return None
+
+
+def recipe_mismatch(found: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """Name the first recipe key that differs, so a re-run never silently mixes two recipes."""
+    for k in RECIPE_KEYS:
+        if k in wanted and str(found.get(k)) != str(wanted[k]):
+            return f"{k}={found.get(k)} (this run: {wanted[k]})"
+    return None
