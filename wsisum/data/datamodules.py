@@ -7,6 +7,7 @@ line instead of hours into training.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -53,7 +54,9 @@ def scan_bags(cohort: Cohort, slide_ids: Sequence[str], on_bad: OnBad = "error")
     return good, next(iter(dims))
 
 
-def _loader(ds: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int) -> DataLoader:
+def _loader(
+    ds: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int, persistent: bool = True
+) -> DataLoader:
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         ds,
@@ -62,7 +65,7 @@ def _loader(ds: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed:
         num_workers=num_workers,
         collate_fn=collate_bags,
         generator=gen,
-        persistent_workers=num_workers > 0,
+        persistent_workers=persistent and num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
 
@@ -220,11 +223,19 @@ class PretrainDataModule(L.LightningDataModule):
                 {t: [paths[t][i] for i in idx] for t in teachers},
                 self.teacher_dims,
                 check_values=self.check_values,
-                transform=self.transform,
+                # validation keeps the epoch-0 pools (a shallow copy: own epoch, shared cluster cache)
+                transform=self.transform if part == "train" else copy.copy(self.transform),
             )
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(self.parts["train"], self.batch_size, self.num_workers, True, self.seed)
+        # A new loader (and fresh workers) every epoch carries the current epoch to the pool transform,
+        # so each epoch draws new pools deterministically (use reload_dataloaders_every_n_epochs=1).
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if self.transform is not None and hasattr(self.transform, "epoch"):
+            self.transform.epoch = epoch
+        return _loader(
+            self.parts["train"], self.batch_size, self.num_workers, True, self.seed + epoch, persistent=False
+        )
 
     def val_dataloader(self) -> DataLoader:
         return _loader(self.parts["val"], self.batch_size, self.num_workers, False, 0)

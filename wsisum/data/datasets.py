@@ -20,6 +20,7 @@ from wsisum.data.embeddings import read_embedding
 from wsisum.errors import InputError
 
 Item = dict[str, Any]
+PER_PATCH_EXTRAS = {"pos": 0.0, "pool_indices": -1}  # key -> padding value
 
 
 def bag_item(path: str | Path, slide_id: str, *, check_values: bool = True) -> Item:
@@ -131,6 +132,13 @@ def collate_bags(batch: Sequence[Item]) -> Item:
             coords[j, : n[j]] = b["coords"]
         out["features"], out["coords"] = feats, coords
         out["mask"] = torch.arange(n_max)[None, :] < n[:, None]
+    for key, fill in PER_PATCH_EXTRAS.items():  # per-patch tensors added by transforms
+        if key in batch[0]:
+            first = batch[0][key]
+            padded = torch.full((len(batch), int(n.max()), *first.shape[1:]), fill, dtype=first.dtype)
+            for j, b in enumerate(batch):
+                padded[j, : n[j]] = b[key]
+            out[key] = padded
     if "target" in batch[0]:
         out["target"] = torch.tensor([b["target"] for b in batch], dtype=torch.long)
     if "teachers" in batch[0]:

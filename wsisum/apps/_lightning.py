@@ -1,0 +1,26 @@
+"""Build a Lightning Trainer with its callbacks and loggers from the `trainer`/`callbacks`/`logger` groups."""
+
+from __future__ import annotations
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+
+def _instantiate_all(node: DictConfig | None) -> list:
+    if not node:
+        return []
+    return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def finish_loggers(trainer: L.Trainer) -> None:
+    """Close W&B runs so offline run dirs hold their final summary (wandb.finish)."""
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+            lg.experiment.finish()

@@ -1,0 +1,94 @@
+"""`wsisum-train data.root=DIR [model=...] [teachers=...] [fusion=...]`: pretrain the summarizer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._lightning import build_trainer, finish_loggers
+from wsisum.data.datamodules import PretrainDataModule
+from wsisum.data.embeddings import read_embedding
+from wsisum.lit.pretrain import SummarizerPretraining
+from wsisum.sampling.pool import PoolTransform
+from wsisum.teachers.fusion import fit_fusion
+
+log = logging.getLogger(__name__)
+FUSION_FILE = "teacher_fusion.npz"
+
+
+def build_datamodule(cfg: DictConfig) -> PretrainDataModule:
+    transform = PoolTransform(
+        pool_size=cfg.pool.size,
+        n_clusters=cfg.pool.n_clusters,
+        seed=cfg.seed,
+        cache_dir=cfg.pool.cache_dir,
+        normalize=cfg.pool.normalize,
+    )
+    names = cfg.teachers.names
+    return PretrainDataModule(
+        root=cfg.data.root,
+        teachers=list(names) if names else None,
+        datasets=cfg.data.datasets,
+        val_fraction=cfg.val_fraction,
+        batch_size=cfg.data.batch_size,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        transform=transform,
+    )
+
+
+def build_module(cfg: DictConfig, dm: PretrainDataModule, out_dir: Path) -> SummarizerPretraining:
+    """Fit the teacher fusion on the training slides, save it as .npz, and build the module."""
+    train = dm.parts["train"]
+    embeddings = {t: [read_embedding(p) if p else None for p in ps] for t, ps in train.teacher_paths.items()}
+    fusion = fit_fusion(embeddings, mode=cfg.fusion.mode, out_dim=cfg.fusion.out_dim or 768)
+    fusion.save(out_dir / FUSION_FILE)
+    module = SummarizerPretraining(
+        feature_dim=dm.feature_dim,
+        teacher_dims=dm.teacher_dims,
+        fusion_mode=cfg.fusion.mode,
+        fused_dim=fusion.out_dims.get("fused"),
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        distill_loss=cfg.fusion.loss,
+        seed=cfg.seed,
+        **OmegaConf.to_container(cfg.lit, resolve=True),
+    )
+    module.set_fusion(fusion)
+    return module
+
+
+@report_input_errors
+def train(cfg: DictConfig) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    log.info(
+        "pretraining on %d slides (%d for validation), feature dim %d, teachers %s",
+        len(dm.parts["train"]) + len(dm.parts["val"]),
+        len(dm.parts["val"]),
+        dm.feature_dim,
+        dm.teacher_dims,
+    )
+    module = build_module(cfg, dm, out_dir)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    finish_loggers(trainer)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    log.info("done: %s", {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("val/teacher_cos")  # the value an Optuna sweep optimises
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Stage 4: LightningModules (MIL slide classification; summarizer pretraining beside it)."""

@@ -1,0 +1,165 @@
+"""Pretraining the summarizer: masked patch reconstruction + lambda x multi-teacher distillation.
+
+The fitted teacher statistics (per-teacher mean/scale, PCA) live in buffers, so a checkpoint is
+self-contained: summarization later turns raw teacher embeddings into targets exactly as training did.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from wsisum.models.summarizer import MaskedSummarizer, random_visible
+from wsisum.teachers.fusion import TeacherFusion
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
+
+
+class SummarizerPretraining(L.LightningModule):
+    def __init__(
+        self,
+        feature_dim: int,
+        teacher_dims: Mapping[str, int],
+        fusion_mode: str = "heads",
+        fused_dim: int | None = None,
+        model: Mapping[str, Any] | None = None,
+        distill_loss: str = "mse",
+        lambda_distill: float = 1.0,
+        mask_ratio: float = 0.875,
+        lr: float = 1.5e-4,
+        min_lr: float = 1e-6,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.05,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if fusion_mode not in ("pca", "heads"):
+            raise ValueError(f"fusion_mode must be 'pca' or 'heads', got {fusion_mode!r}")
+        if distill_loss not in ("mse", "cosine"):
+            raise ValueError(f"distill_loss must be 'mse' or 'cosine', got {distill_loss!r}")
+        if fusion_mode == "pca" and not fused_dim:
+            raise ValueError("fusion_mode='pca' needs fused_dim")
+        self.save_hyperparameters()
+        self.teacher_names = list(teacher_dims)
+        out_dims = {"fused": int(fused_dim)} if fusion_mode == "pca" else dict(teacher_dims)
+        self.model = MaskedSummarizer(feature_dim, out_dims, **dict(model or {}))
+        for t, d in teacher_dims.items():
+            self.register_buffer(f"mean_{_safe(t)}", torch.zeros(d))
+            self.register_buffer(f"scale_{_safe(t)}", torch.ones(d))
+        if fusion_mode == "pca":
+            total = sum(teacher_dims.values())
+            self.register_buffer("pca_mean", torch.zeros(total))
+            self.register_buffer("pca_components", torch.zeros(int(fused_dim), total))
+
+    # --- teacher targets ----------------------------------------------------------------------------
+    def set_fusion(self, fusion: TeacherFusion) -> None:
+        """Copy fitted statistics (from the training split) into the buffers."""
+        for t in self.teacher_names:
+            getattr(self, f"mean_{_safe(t)}").copy_(torch.from_numpy(np.asarray(fusion.mean[t])))
+            getattr(self, f"scale_{_safe(t)}").copy_(torch.from_numpy(np.asarray(fusion.scale[t])))
+        if self.hparams.fusion_mode == "pca":
+            self.pca_mean.copy_(torch.from_numpy(fusion.pca_mean))
+            self.pca_components.copy_(torch.from_numpy(fusion.pca_components))
+
+    def targets(
+        self, teachers: Mapping[str, Tensor], present: Mapping[str, Tensor]
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """Head name -> (target (B, d), present (B,)); missing teachers enter PCA as their mean."""
+        std = {}
+        for t in self.teacher_names:
+            z = (teachers[t].float() - getattr(self, f"mean_{_safe(t)}")) / getattr(self, f"scale_{_safe(t)}")
+            std[t] = torch.where(present[t][:, None], z, torch.zeros_like(z))
+        if self.hparams.fusion_mode == "pca":
+            cat = torch.cat([std[t] for t in self.teacher_names], dim=-1)
+            fused = (cat - self.pca_mean) @ self.pca_components.T
+            any_present = torch.stack([present[t] for t in self.teacher_names]).any(0)
+            return {"fused": (fused, any_present)}
+        return {t: (std[t], present[t]) for t in self.teacher_names}
+
+    @staticmethod
+    def teacher_cosine(outputs: Mapping[str, Tensor], targets: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """Per-bag cosine between the student's slide outputs and the targets, averaged over present heads."""
+        total, count = 0.0, 0.0
+        for name, (target, present) in targets.items():
+            cos = F.cosine_similarity(outputs[name].float(), target, dim=-1)
+            total = total + cos * present
+            count = count + present.float()
+        return total / torch.clamp(torch.as_tensor(count), min=1.0)
+
+    # --- losses ------------------------------------------------------------------------------------------
+    def _distill_loss(self, outputs: Mapping[str, Tensor], targets: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
+        losses = []
+        for name, (target, present) in targets.items():
+            if not present.any():
+                continue
+            pred = outputs[name].float()
+            if self.hparams.distill_loss == "mse":
+                per_bag = ((pred - target) ** 2).sum(-1)  # squared distance; targets have norm ~1 per teacher
+            else:
+                per_bag = 1.0 - F.cosine_similarity(pred, target, dim=-1)
+            losses.append((per_bag * present).sum() / present.sum())
+        return torch.stack(losses).mean() if losses else outputs[next(iter(outputs))].sum() * 0.0
+
+    def step(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        feats, mask = batch["features"], batch["mask"]
+        visible = random_visible(mask, self.hparams.mask_ratio, generator)
+        out = self.model(feats, mask, batch.get("pos"), visible)
+        hidden = mask & ~visible
+        err = ((out["reconstruction"].float() - feats.float()) ** 2).mean(-1)
+        rec = (err * hidden).sum() / hidden.sum().clamp(min=1)
+        targets = self.targets(batch["teachers"], batch["teacher_present"])
+        distill = self._distill_loss(out["distill"], targets)
+        loss = rec + self.hparams.lambda_distill * distill
+        cos = self.teacher_cosine(out["distill"], targets)
+        return {"loss": loss, "loss_rec": rec, "loss_distill": distill, "teacher_cos": cos.mean()}
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        m = self.step(batch)
+        loss = m.pop("loss")
+        bs = batch["features"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, on_step=True, on_epoch=True)
+        self.log_dict({f"train/{k}": v for k, v in m.items()}, batch_size=bs, on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        # fixed masks for validation: the curve moves only because the model does
+        gen = torch.Generator().manual_seed(int(self.hparams.seed) * 100_003 + batch_idx)
+        m = self.step(batch, gen)
+        bs = batch["features"].shape[0]
+        self.log("val/teacher_cos", m.pop("teacher_cos"), prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log_dict({f"val/{k}": v for k, v in m.items()}, batch_size=bs, sync_dist=True)
+
+    # --- optimisation --------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or name.endswith("_token") else decay).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = max(1, int(self.hparams.warmup_ratio * total))
+        floor = self.hparams.min_lr / self.hparams.lr
+
+        def lr_lambda(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,1 @@
+"""Stage 3: slide-level teacher embeddings — per-teacher standardisation and fusion into targets."""
