@@ -26,6 +26,7 @@ class Sampler(ABC):
     """Subclasses implement `_select` for N > K; the base handles N <= K, seeding and checks."""
 
     name: str = "sampler"
+    needs_teachers: bool = False  # the summarize stage then passes teachers=... in the context
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -40,8 +41,12 @@ class Sampler(ABC):
         *,
         slide_id: str,
         coords: np.ndarray | None = None,
+        **context: Any,
     ) -> Selection:
-        """Return min(budget, N) distinct indices into `features` (all N, flagged, when N <= budget)."""
+        """Return min(budget, N) distinct indices into `features` (all N, flagged, when N <= budget).
+
+        `context` carries what some samplers need beyond the bag (e.g. `teachers` for `wsisum`).
+        """
         budget = int(budget)
         if budget < 1:
             raise InputError(None, f"budget must be a positive integer, got {budget}")
@@ -50,7 +55,7 @@ class Sampler(ABC):
             sel = Selection(np.arange(n, dtype=np.int64))
             sel.attrs["all_patches"] = True
             return sel
-        sel = self._select(np.asarray(features), budget, self.rng(slide_id), coords, slide_id)
+        sel = self._select(np.asarray(features), budget, self.rng(slide_id), coords, slide_id, **context)
         idx = np.asarray(sel.indices, dtype=np.int64)
         if idx.shape != (budget,) or len(np.unique(idx)) != budget or idx.min() < 0 or idx.max() >= n:
             raise RuntimeError(f"{self.name} sampler returned an invalid selection for {slide_id}")  # a bug, not input
@@ -69,6 +74,7 @@ class Sampler(ABC):
         rng: np.random.Generator,
         coords: np.ndarray | None,
         slide_id: str,
+        **context: Any,
     ) -> Selection: ...
 
     def describe(self) -> dict[str, Any]:

@@ -38,7 +38,7 @@ class RandomSampler(Sampler):
 
     name = "random"
 
-    def _select(self, features, budget, rng, coords, slide_id) -> Selection:
+    def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         return Selection(rng.choice(features.shape[0], budget, replace=False))
 
 
@@ -68,7 +68,7 @@ class KMeansSampler(Sampler):
         self.n_clusters, self.min_per_cluster = int(n_clusters), int(min_per_cluster)
         self.normalize, self.niter, self.within, self.device = bool(normalize), int(niter), within, device
 
-    def _select(self, features, budget, rng, coords, slide_id) -> Selection:
+    def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         km = kmeans(
             features,
             self.n_clusters,
@@ -108,7 +108,7 @@ class EntropySampler(Sampler):
 
     name = "entropy"
 
-    def _select(self, features, budget, rng, coords, slide_id) -> Selection:
+    def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         h = patch_entropy(features)
         idx = np.lexsort((np.arange(len(h)), -h))[:budget]
         return Selection(idx, scores=h[idx], score=float(h[idx].mean()))
@@ -149,7 +149,7 @@ class LocationSampler(Sampler):
         super().__init__(seed)
         self.cells_per_budget = float(cells_per_budget)
 
-    def _select(self, features, budget, rng, coords, slide_id) -> Selection:
+    def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         if coords is None:
             raise InputError(None, f"slide {slide_id}: the location sampler needs coords (bag has none)")
         cells = grid_cells(coords, max(1, round(budget * self.cells_per_budget)))
@@ -179,7 +179,7 @@ class AttentionSampler(Sampler):
             )
         self.scorer = scorer
 
-    def _select(self, features, budget, rng, coords, slide_id) -> Selection:
+    def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         s = np.asarray(self.scorer(features), dtype=np.float64).reshape(-1)
         if s.shape[0] != features.shape[0]:
             raise RuntimeError(f"attention scorer returned {s.shape[0]} scores for {features.shape[0]} patches")

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from wsisum.data.atomic import remove_stale_temps
 from wsisum.data.bags import read_bag
 from wsisum.data.cohort import Cohort
+from wsisum.data.embeddings import read_embedding
 from wsisum.errors import InputError
 from wsisum.sampling.base import Sampler
 from wsisum.summarize.writer import existing_recipe, recipe_mismatch, relative_source, summary_path, write_summary
@@ -34,6 +35,7 @@ class SlideJob:
     bag_path: str
     out_path: str
     source: str
+    teacher_paths: tuple[tuple[str, str | None], ...] = ()
 
 
 @dataclass
@@ -51,8 +53,11 @@ class RunReport:
 def summarize_slide(job: SlideJob, sampler: Sampler, budget: int) -> str:
     """Summarize one slide; returns 'done'. Raises InputError for bad input."""
     bag = read_bag(job.bag_path)
+    context = {}
+    if sampler.needs_teachers:
+        context["teachers"] = {t: (read_embedding(p) if p else None) for t, p in job.teacher_paths}
     try:
-        sel = sampler.select(bag.features, budget, slide_id=job.slide_id, coords=bag.coords)
+        sel = sampler.select(bag.features, budget, slide_id=job.slide_id, coords=bag.coords, **context)
     except InputError as err:
         if err.path is None:  # sampler errors do not know the file: name it here
             raise InputError(job.bag_path, err.problem) from None
@@ -100,7 +105,11 @@ def plan_jobs(
                 )
                 continue
         source = relative_source(rec.bag_path, cohort.root)
-        jobs.append(SlideJob(sid, rec.dataset, str(rec.bag_path), str(out), source))
+        teachers = ()
+        if sampler.needs_teachers:
+            paths = [(t, cohort.embedding_path(sid, t)) for t in sampler.teacher_names]
+            teachers = tuple((t, str(p) if p.is_file() else None) for t, p in paths)
+        jobs.append(SlideJob(sid, rec.dataset, str(rec.bag_path), str(out), source, teachers))
     return jobs
 
 
