@@ -145,3 +145,24 @@ def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
     assert len([p for p in files if p.suffix == ".h5"]) == 40
     for p in out.rglob("*.h5"):
         assert len(read_bag(p).extras["indices"]) == 32
+
+
+def test_ddp_path_writes_the_same_summaries(tmp_path: Path, small_cohort) -> None:
+    import lightning as L
+
+    root, feats = small_cohort
+    sampler = KMeansSampler(0, n_clusters=3)
+    summarize_cohort(Cohort(root), sampler, 5, tmp_path / "single", progress=False)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_progress_bar=False)
+    report = summarize_cohort(Cohort(root), sampler, 5, tmp_path / "ddp", trainer=trainer, progress=False)
+    assert report.ok and sorted(report.done) == sorted(feats)
+    for sid in feats:
+        a = read_bag(tmp_path / "single" / sid[:3] / f"{sid}.h5")
+        b = read_bag(tmp_path / "ddp" / sid[:3] / f"{sid}.h5")
+        np.testing.assert_array_equal(a.extras["indices"], b.extras["indices"])
+        np.testing.assert_array_equal(a.features, b.features)
+        assert a.attrs == b.attrs
+    assert not (tmp_path / "ddp" / ".wsisum_outcomes").exists()
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_progress_bar=False)
+    again = summarize_cohort(Cohort(root), sampler, 5, tmp_path / "ddp", trainer=trainer, progress=False)
+    assert again.done == [] and sorted(again.skipped) == sorted(feats)

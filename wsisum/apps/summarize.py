@@ -16,6 +16,9 @@ from wsisum.summarize.run import RunReport, summarize_cohort
 def summarize(cfg: DictConfig) -> RunReport:
     cohort = Cohort(cfg.data.root, cfg.data.datasets)
     sampler = hydra.utils.instantiate(cfg.sampler)
+    trainer = None
+    if cfg.get("trainer"):  # trainer=ddp|ddp_sim|gpu: Lightning predict over devices / nodes
+        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_progress_bar=bool(cfg.progress))
     report = summarize_cohort(
         cohort,
         sampler,
@@ -24,7 +27,10 @@ def summarize(cfg: DictConfig) -> RunReport:
         workers=int(cfg.workers),
         overwrite=bool(cfg.overwrite),
         progress=bool(cfg.progress),
+        trainer=trainer,
     )
+    if trainer is not None and not trainer.is_global_zero:
+        return report  # rank 0 reports for everyone
     print(
         f"{sampler.name} budget={cfg.budget}: {len(report.done)} summarized, {len(report.skipped)} already done, "
         f"{len(report.failed)} failed in {report.seconds:.1f}s -> {cfg.out_dir}"

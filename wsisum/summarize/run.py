@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -86,14 +87,21 @@ def _run_one(job: SlideJob, sampler: Sampler, budget: int) -> tuple[str, str, st
 
 
 def plan_jobs(
-    cohort: Cohort, out_dir: str | Path, sampler: Sampler, budget: int, overwrite: bool, report: RunReport
+    cohort: Cohort,
+    out_dir: str | Path,
+    sampler: Sampler,
+    budget: int,
+    overwrite: bool,
+    report: RunReport,
+    include_done: bool = False,
 ) -> list[SlideJob]:
-    """Jobs for slides without a finished summary; a summary with another recipe is a failure."""
+    """Jobs for slides without a finished summary (all slides with `include_done`, for ranks that
+    skip on their own); a summary with another recipe is a failure."""
     wanted = sampler.describe() | {"budget": int(budget)}
     jobs = []
     for sid, rec in cohort.slides.items():
         out = summary_path(out_dir, rec.dataset, sid)
-        if out.exists() and not overwrite:
+        if out.exists() and not overwrite and not include_done:
             found = existing_recipe(out)
             if found is not None:
                 problem = recipe_mismatch(found, wanted)
@@ -135,14 +143,29 @@ def summarize_cohort(
     workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    trainer: Any = None,
 ) -> RunReport:
-    """Write one summary bag per slide under `out_dir`; `workers` > 0 uses that many processes."""
+    """Write one summary bag per slide under `out_dir`.
+
+    `workers` > 0 uses that many CPU processes; a Lightning `trainer` (e.g. DDP over GPUs or nodes)
+    runs the slides through `trainer.predict` instead. Both write the same files.
+    """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_temps(out_dir)
-    if removed:
-        log.info("removed %d partial file(s) left by an interrupted run", removed)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        removed = remove_stale_temps(out_dir)  # only one process may clean, never while others write
+        if removed:
+            log.info("removed %d partial file(s) left by an interrupted run", removed)
+    if trainer is not None:
+        from wsisum.summarize.predict import summarize_with_trainer  # predict builds on this module
+
+        pre = RunReport()
+        jobs = plan_jobs(cohort, out_dir, sampler, budget, overwrite, pre, include_done=True)
+        report = summarize_with_trainer(jobs, sampler, budget, out_dir, trainer, overwrite)
+        report.failed |= pre.failed
+        report.seconds = time.perf_counter() - t0
+        return report
     report = RunReport()
     jobs = plan_jobs(cohort, out_dir, sampler, budget, overwrite, report)
     if report.skipped:
