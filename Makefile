@@ -5,12 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean install-gpu
 
+# torch first, pinned: the CPU wheel of this release is what these machines carry; an unpinned torch
+# would pull a multi-GB CUDA build. On a GPU machine: `make install-gpu` adds CUDA faiss.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned: the CPU wheel of this release is what these machines carry; an unpinned
-	# torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
@@ -31,6 +31,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_io.py
+
+# faiss-gpu and faiss-cpu install the same `faiss` module: swap one for the other.
+install-gpu: $(STAMP)
+	$(BIN)/pip uninstall --yes faiss-cpu
+	$(BIN)/pip install --quiet ".[gpu]"
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -160,3 +161,12 @@ def test_embedding_errors(tmp_path: Path) -> None:
     write_embedding(tmp_path / "ok.h5", np.ones(4))
     with h5py.File(tmp_path / "ok.h5") as f:
         assert f["features"].shape == (1, 4)
+
+
+def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = write_bag(tmp_path / "p.h5", np.ones((2, 2), np.float32))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: a shared cohort stays readable
