@@ -138,8 +138,12 @@ def bag_info(path: str | Path) -> BagInfo:
         raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {_short(err)}") from None
 
 
-def read_bag(path: str | Path, *, check_values: bool = True) -> Bag:
-    """Read and validate a whole bag (.h5 or .pt). Features keep their stored dtype."""
+def read_bag(path: str | Path, *, check_values: bool = True, metadata: bool = True) -> Bag:
+    """Read and validate a whole bag (.h5 or .pt). Features keep their stored dtype.
+
+    `metadata=False` skips attrs and extra datasets: the training loaders need only the arrays, and
+    reading a dozen attrs costs more than the features of a small bag.
+    """
     path = Path(path)
     _check_exists(path)
     if path.suffix == ".pt":
@@ -154,16 +158,20 @@ def read_bag(path: str | Path, *, check_values: bool = True) -> Bag:
             n = int(fds.shape[0])
             coords = coords_attrs = None
             if "coords" in f:
-                _check_coords_shape(path, f["coords"].shape, n)
-                coords = f["coords"][()]
-                coords_attrs = _plain_attrs(f["coords"].attrs)
+                cds = f["coords"]
+                _check_coords_shape(path, cds.shape, n)
+                coords = cds[()]
+                coords_attrs = _plain_attrs(cds.attrs) if metadata else None
             features = fds[()]
-            extras = {
-                k: f[k][()]
-                for k in f
-                if k not in ("features", "coords") and isinstance(f[k], h5py.Dataset) and f[k].shape[:1] == (n,)
-            }
-            attrs = _plain_attrs(f.attrs)
+            extras, attrs = {}, {}
+            if metadata:
+                for k in f:
+                    if k in ("features", "coords"):
+                        continue
+                    obj = f[k]
+                    if isinstance(obj, h5py.Dataset) and obj.shape[:1] == (n,):
+                        extras[k] = obj[()]
+                attrs = _plain_attrs(f.attrs)
     except InputError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as err:

@@ -25,8 +25,9 @@ PER_PATCH_EXTRAS = {"pos": 0.0, "pool_indices": -1}  # key -> padding value
 
 def bag_item(path: str | Path, slide_id: str, *, check_values: bool = True) -> Item:
     """Read one bag as tensors: features float32 (N, D), coords int64 (N, 2) (-1 where unknown)."""
-    bag = read_bag(path, check_values=check_values)
-    feats = torch.from_numpy(np.ascontiguousarray(bag.features)).float()
+    bag = read_bag(path, check_values=check_values, metadata=False)
+    # numpy's float16 -> float32 cast: torch's parallel cast stalls when cores are busy (7 ms vs 0.8)
+    feats = torch.from_numpy(np.ascontiguousarray(bag.features, dtype=np.float32))
     if bag.coords is not None:
         coords = torch.from_numpy(np.ascontiguousarray(bag.coords)).long()
     else:
