@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/wsisum-synth out_dir=outputs/cohorts/demo preset=demo
+	$(BIN)/wsisum-pipeline experiment=demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

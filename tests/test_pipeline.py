@@ -1,0 +1,82 @@
+"""wsisum-pipeline end to end on the tiny preset: every stage, the report, and a re-run that reuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def _pipeline(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [
+        sys.executable,
+        "-m",
+        "wsisum.apps.pipeline",
+        "experiment=tiny",
+        f"run_dir={tmp_path / 'run'}",
+        f"cohort.root={tmp_path / 'cohort'}",
+        *extra,
+    ]
+    return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    tmp = tmp_path_factory.mktemp("pipeline")
+    return tmp, _pipeline(tmp)
+
+
+def test_every_stage_ran(study) -> None:
+    tmp, proc = study
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp / "run"
+    summary = json.loads((run / "study.json").read_text())
+    samplers, budgets, tasks = ["random", "kmeans", "wsisum"], [8, 32], ["syn_brca", "syn_camelyon17"]
+    expected = {"cohort", "train"} | {f"summarize/{s}_{b}" for s in samplers for b in budgets}
+    expected |= {f"evaluate/{t}/{s}_{b}" for t in tasks for s in samplers for b in budgets}
+    expected |= {f"evaluate/{t}/full" for t in tasks}
+    assert set(summary["stages"]) == expected and set(summary["stages"].values()) == {"ran"}
+    results = pd.read_csv(run / "results.csv")
+    assert set(results["task"]) == set(tasks)
+    assert set(results["sampler"]) == {"full", *samplers}
+    auroc = results[results["metric"] == "test_auroc"]
+    assert len(auroc) == len(tasks) * (1 + len(samplers) * len(budgets))
+    for s in samplers:
+        for b in budgets:
+            assert len(list((run / "summaries" / f"{s}_{b}").rglob("*.h5"))) == 64
+
+
+def test_report_holds_tables_plots_heatmaps(study) -> None:
+    tmp, _ = study
+    report = tmp / "run" / "report"
+    md = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    for name in ("random", "kmeans", "wsisum", "full", "syn_brca", "syn_camelyon17"):
+        assert name in md and name in html
+    pngs = list(report.rglob("*.png"))
+    assert any("heatmap" in p.name for p in pngs), [p.name for p in pngs]
+    assert any("auroc" in p.name.lower() for p in pngs), [p.name for p in pngs]
+    assert "data:image/png;base64," in html
+
+
+def test_rerun_reuses_every_stage(study) -> None:
+    tmp, _ = study
+    again = _pipeline(tmp)
+    assert again.returncode == 0, again.stderr[-3000:]
+    stages = json.loads((tmp / "run" / "study.json").read_text())["stages"]
+    assert set(stages.values()) == {"reused"}
+    changed = _pipeline(
+        tmp,
+        "summarize.budgets=[8]",
+        "summarize.samplers=[random]",
+        "evaluate.tasks=[syn_brca]",
+        "++summarize.overrides.random=['sampler.seed=3']",
+    )
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    stages = json.loads((tmp / "run" / "study.json").read_text())["stages"]
+    assert stages["summarize/random_8"] == "ran" and stages["evaluate/syn_brca/random_8"] == "ran"
+    assert stages["train"] == "reused" and stages["evaluate/syn_brca/full"] == "reused"

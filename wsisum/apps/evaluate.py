@@ -1,0 +1,81 @@
+"""`wsisum-evaluate data.root=DIR task=NAME bags=full|DIR [mil=NAME] [folds=[0,1]]`: downstream MIL evaluation.
+
+For each fold: train on train, select on val (checkpoint + early stopping on the task's monitor),
+test on test. Writes `metrics.csv` (task, sampler, budget, mil, fold, metric, value),
+`predictions/fold_<k>.csv` and `aggregate.md` in the run dir. With `-m`, each job is one run and the
+sweep writes `aggregate.csv`, `aggregate.md` and `auroc_vs_budget_<mil>.png` when it ends:
+
+    wsisum-evaluate -m data.root=DIR task=brca_subtyping mil=abmil,transmil
+    wsisum-evaluate -m data.root=DIR 'bags=SUMMARIES/${sampler_name}_${budget}' \\
+        sampler_name=random,kmeans budget=16,64,256 'hydra.callbacks.aggregate.extra=[FULL_RUN_DIR]'
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.errors import InputError
+from wsisum.evaluate.aggregate import aggregate, collect, markdown_table
+from wsisum.evaluate.hydra_callbacks import FAILED_FILE
+from wsisum.evaluate.runner import EvaluationResult, is_multirun, run_evaluation
+
+log = logging.getLogger(__name__)
+SHOWN = ("test_auroc", "test_balanced_accuracy", "test_f1_macro", "epoch_time_s", "peak_rss_mb", "patches_per_bag")
+
+
+def _show(result: EvaluationResult) -> None:
+    lab = result.label
+    budget = "" if lab.budget is None else f", budget {lab.budget}"
+    table = Table(title=f"{lab.task}: {lab.mil} on {lab.sampler} bags{budget} (folds {result.folds()})")
+    table.add_column("metric")
+    table.add_column("mean ± std over folds", justify="right")
+    agg = aggregate(collect([result.out_dir / "metrics.csv"]))
+    for m in SHOWN:
+        row = agg[agg["metric"] == m]
+        if not row.empty:
+            r = row.iloc[0]
+            table.add_row(m, f"{r['mean']:.4g}" + ("" if r["n"] < 2 else f" ± {r['std']:.2g}"))
+    Console().print(table)
+
+
+def evaluate(cfg: DictConfig) -> float:
+    """Run the folds; returns the mean over folds of `optimized_metric` (what an Optuna sweep maximises)."""
+    result = run_evaluation(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    if not result.rows:  # a non-zero rank of a distributed run: rank 0 reports
+        return float("nan")
+    if not is_multirun():
+        (out_dir / "aggregate.md").write_text(markdown_table(aggregate(collect([out_dir / "metrics.csv"]))))
+        _show(result)
+    log.info("metrics: %s", out_dir / "metrics.csv")
+    return result.mean(str(cfg.optimized_metric))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # lightning 2.6 + torch 2.13 noise
+    if not is_multirun():
+        return report_input_errors(evaluate)(cfg)
+    # in a sweep a bad input fails its job only: one line, a FAILED marker, and the other jobs go on;
+    # the aggregation callback lists failed jobs and exits non-zero at the end
+    try:
+        return evaluate(cfg)
+    except InputError as err:
+        out_dir = Path(cfg.paths.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / FAILED_FILE).write_text(f"{err}\n")
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return float("nan")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""`wsisum-pipeline [experiment=demo]`: cohort -> pretraining -> summaries -> evaluation -> report.
+
+Every stage is the same function its own console script runs, so each is also runnable alone;
+finished stages are reused on a re-run (see `wsisum.study`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.study import Study, compose_stage, console, remove
+
+log = logging.getLogger(__name__)
+
+
+def _best_checkpoint(train_dir: Path) -> Path:
+    best = sorted((train_dir / "checkpoints").glob("best-*.ckpt"))
+    return best[-1] if best else train_dir / "checkpoints" / "last.ckpt"
+
+
+def stage_cohort(study: Study, cfg: DictConfig, root: Path) -> list[str]:
+    if not cfg.cohort.preset:
+        if not (root / "h5_files").is_dir():
+            from wsisum.errors import InputError
+
+            raise InputError(root, "cohort.preset=null but no cohort (h5_files/) at cohort.root")
+        return []
+    from wsisum.apps.synth import synth
+
+    scfg = compose_stage("synth", [f"preset={cfg.cohort.preset}", f"out_dir={root}", f"seed={cfg.seed}"])
+    recipe = {"preset": OmegaConf.to_container(scfg.preset), "seed": cfg.seed, "root": str(root)}
+    study.run("cohort", recipe, lambda: synth(scfg), outputs=[root / "cohort.json"])
+    return ["cohort"]
+
+
+def stage_train(study: Study, cfg: DictConfig, root: Path, upstream: list[str]) -> Path:
+    from wsisum.apps.train import train
+
+    train_dir = study.run_dir / "train"
+    overrides = [
+        f"data.root={root}",
+        f"paths.output_dir={train_dir}",
+        f"pool.cache_dir={study.run_dir / 'cache' / 'clusters'}",
+        f"seed={cfg.seed}",
+        *cfg.train.overrides,
+    ]
+    tcfg = compose_stage("train", overrides)
+    recipe_file = train_dir / "recipe.json"
+    fp = study.fingerprint(tcfg)
+
+    def run() -> None:
+        # an interrupted run of the same recipe resumes from its last checkpoint
+        last = train_dir / "checkpoints" / "last.ckpt"
+        run_cfg = tcfg
+        if last.exists() and recipe_file.exists() and json.loads(recipe_file.read_text()).get("fingerprint") == fp:
+            console.print(f"resuming pretraining from {last}")
+            run_cfg = compose_stage("train", [*overrides, f"ckpt_path={last}"])
+        train_dir.mkdir(parents=True, exist_ok=True)
+        recipe_file.write_text(json.dumps({"fingerprint": fp}))
+        train(run_cfg)
+
+    study.run("train", tcfg, run, upstream, outputs=[train_dir / "checkpoints" / "last.ckpt"], clean=remove(train_dir))
+    return _best_checkpoint(train_dir)
+
+
+def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstream: list[str]) -> dict[str, Path]:
+    from wsisum.apps.summarize import summarize
+
+    made = {}
+    for sampler in cfg.summarize.samplers:
+        for budget in cfg.summarize.budgets:
+            label = f"{sampler}_{budget}"
+            out = study.run_dir / "summaries" / label
+            overrides = [
+                f"data.root={root}",
+                f"sampler={sampler}",
+                f"sampler_name={sampler}",
+                f"budget={budget}",
+                f"out_dir={out}",
+                f"workers={cfg.summarize.workers}",
+                f"seed={cfg.seed}",
+                f"paths.output_dir={study.run_dir / 'logs' / 'summarize' / label}",
+            ]
+            needs = list(upstream)
+            if sampler == "wsisum":
+                overrides.append(f"sampler.ckpt_path={ckpt}")
+                needs.append("train")
+            overrides += list(cfg.summarize.overrides.get(sampler) or [])
+            scfg = compose_stage("summarize", overrides)
+            study.run(f"summarize/{label}", scfg, lambda c=scfg: summarize(c), needs, outputs=[out], clean=remove(out))
+            made[label] = out
+    return made
+
+
+def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[str, Path], upstream: list[str]) -> None:
+    from wsisum.apps.evaluate import evaluate
+
+    runs: list[tuple[str, str, list[str], list[str]]] = []
+    if cfg.evaluate.full_bags:
+        runs.append(("full", "full", [], list(upstream)))
+    for label, out in summaries.items():
+        sampler, budget = label.rsplit("_", 1)
+        runs.append((label, str(out), [f"sampler_name={sampler}", f"budget={budget}"], [f"summarize/{label}"]))
+    folds = "[" + ",".join(str(int(f)) for f in cfg.evaluate.folds) + "]"
+    for task in cfg.evaluate.tasks:
+        for label, bags, extra, needs in runs:
+            out = study.run_dir / "evaluate" / task / label
+            overrides = [
+                f"data.root={root}",
+                f"task={task}",
+                f"bags={bags}",
+                f"mil={cfg.evaluate.mil}",
+                f"folds={folds}",
+                f"seed={cfg.seed}",
+                f"paths.output_dir={out}",
+                *extra,
+                *cfg.evaluate.overrides,
+            ]
+            ecfg = compose_stage("evaluate", overrides)
+            run = report_input_errors(evaluate)
+            study.run(
+                f"evaluate/{task}/{label}",
+                ecfg,
+                lambda c=ecfg, r=run: r(c),
+                needs,
+                outputs=[out / "metrics.csv"],
+                clean=remove(out),
+            )
+
+
+def collect_results(run_dir: Path) -> Path | None:
+    from wsisum.data.atomic import atomic_path
+    from wsisum.evaluate.aggregate import collect
+
+    files = sorted((run_dir / "evaluate").glob("*/*/metrics.csv"))
+    if not files:
+        return None
+    df = collect(files)
+    path = run_dir / "results.csv"
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+@report_input_errors
+def pipeline(cfg: DictConfig) -> Study:
+    run_dir = Path(cfg.run_dir)
+    root = Path(cfg.cohort.root)
+    study = Study(run_dir)
+    console.print(f"[bold]wsisum study[/bold] '{cfg.study_name}' in {run_dir} (cohort {root})")
+    up = stage_cohort(study, cfg, root)
+    ckpt = stage_train(study, cfg, root, up)
+    summaries = stage_summaries(study, cfg, root, ckpt, up)
+    stage_evaluate(study, cfg, root, summaries, up)
+    results = collect_results(run_dir)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    study.write_summary(plain)
+    if cfg.report.enabled and results is not None:
+        from wsisum.report import build_report
+
+        paths = build_report(run_dir)
+        console.print(f"report: {paths.get('html', paths.get('md'))}")
+    _print_stages(study)
+    failed = [k for k, r in study.results.items() if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} stage(s) failed: {', '.join(failed)}", file=sys.stderr)
+        raise SystemExit(1)
+    return study
+
+
+def _print_stages(study: Study) -> None:
+    table = Table(title="stages")
+    for col in ("stage", "status", "seconds"):
+        table.add_column(col)
+    for key, r in study.results.items():
+        colour = {"ran": "green", "reused": "cyan", "failed": "red"}[r.status]
+        table.add_row(
+            key, f"[{colour}]{r.status}[/{colour}]" + (f" ({r.error})" if r.error else ""), f"{r.seconds:.1f}"
+        )
+    console.print(table)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pipeline")
+def main(cfg: DictConfig) -> None:
+    pipeline(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The tidy `metrics.csv` that every evaluation run writes and every aggregation reads.
+
+One row per (task, sampler, budget, mil, fold, metric) with its value; `budget` is empty for full
+bags. Metric names: `test_<m>` / `val_<m>` for m in auroc, balanced_accuracy, f1_macro, accuracy,
+loss (val_* of the selected checkpoint), and the cost of training: `epoch_time_s` (median wall time
+of a training epoch), `fit_time_s`, `peak_rss_mb`, `peak_rss_increase_mb`, `peak_gpu_mem_mb`,
+`patches_per_bag`, `patches_per_bag_max`, plus `epochs`, `best_epoch`, `n_train`, `n_val`, `n_test`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from wsisum.data.atomic import atomic_path
+from wsisum.errors import InputError
+
+COLUMNS = ("task", "sampler", "budget", "mil", "fold", "metric", "value")
+FULL = "full"  # the sampler label of full bags (budget left empty)
+METRICS_FILE = "metrics.csv"
+
+
+@dataclass(frozen=True)
+class RunLabel:
+    """What a run evaluated: the key columns shared by all its rows."""
+
+    task: str
+    sampler: str
+    budget: int | None
+    mil: str
+
+
+def rows_for_fold(label: RunLabel, fold: int, values: Mapping[str, float | int | None]) -> list[dict]:
+    """Tidy rows of one fold; metrics whose value is None are left out (NaN is kept: it means undefined)."""
+    out = []
+    for metric, value in values.items():
+        if value is None:
+            continue
+        out.append(
+            {
+                "task": label.task,
+                "sampler": label.sampler,
+                "budget": label.budget,
+                "mil": label.mil,
+                "fold": int(fold),
+                "metric": metric,
+                "value": float(value),
+            }
+        )
+    return out
+
+
+def to_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
+    df = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    df["budget"] = df["budget"].astype("Int64")
+    df["fold"] = df["fold"].astype(int)
+    df["value"] = df["value"].astype(float)
+    return df
+
+
+def write_metrics(path: str | Path, rows: Iterable[Mapping]) -> Path:
+    """Write (atomically) the rows as a tidy CSV with exactly the `COLUMNS`."""
+    path = Path(path)
+    df = to_frame(rows)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    return path
+
+
+def read_metrics(path: str | Path) -> pd.DataFrame:
+    """Read one metrics.csv, checking its columns."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"task": str, "sampler": str, "mil": str, "metric": str}, keep_default_na=True)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(path, f"unreadable metrics CSV: {err}") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {missing} (a metrics.csv has {', '.join(COLUMNS)})")
+    df = df[list(COLUMNS)].copy()
+    df["budget"] = pd.to_numeric(df["budget"], errors="coerce").astype("Int64")
+    return df
+
+
+def is_tidy_metrics(path: Path) -> bool:
+    """True for a metrics.csv of ours (Lightning's CSVLogger writes files of the same name)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().strip().split(",")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return header == list(COLUMNS)
+
+
+def find_metrics(paths: Iterable[str | Path]) -> list[Path]:
+    """Our metrics.csv files: given directly, or anywhere under the given directories."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            found.extend(f for f in sorted(p.rglob(METRICS_FILE)) if is_tidy_metrics(f))
+        else:
+            raise InputError(p, "no such file or directory")
+    return found

@@ -1,0 +1,247 @@
+"""`build_report(run_dir)`: read a study's saved outputs, write RUN_DIR/report/ (Markdown, HTML, CSVs, PNGs).
+
+Everything comes from files the pipeline saved (summary bags, metrics, study.json, the cohort it
+names), so `wsisum-report RUN_DIR` regenerates the same report at any time, and nothing is trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from wsisum.data.atomic import atomic_path
+from wsisum.evaluate.aggregate import FULL, aggregate
+from wsisum.report import cost, heatmaps, lesions, plots
+from wsisum.report.render import Document, Figure, Section, to_html, to_markdown
+from wsisum.report.rundir import RESULTS_FILE, RunDir, load_results, open_run_dir
+from wsisum.report.tables import RESULT_METRICS, Table, results_table
+
+log = logging.getLogger(__name__)
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+FIGURES = "figures"
+CSV_FILES = ("results_table.csv", "cost_storage.csv", "cost_mil.csv", "lesion_retention.csv")
+
+
+def _write_text(path: Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.10g")
+    return path
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out |= _flat(v, f"{key}.")
+        else:
+            out[key] = v
+    return out
+
+
+def _brief(value: Any, width: int = 90) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_section(run: RunDir, tasks: list[str]) -> Section:
+    sec = Section("Run", "run")
+    cohort = run.study.get("cohort_root")
+    samplers = sorted({s.sampler for s in run.summary_sets})
+    budgets = sorted({s.budget for s in run.summary_sets})
+    sec.blocks.append(f"Cohort `{cohort}`." if cohort else "Cohort unknown (no `cohort_root` in study.json).")
+    if run.summary_sets:
+        sec.blocks.append(
+            f"Summaries of {len(samplers)} sampler(s) ({', '.join(samplers)}) at budget(s) "
+            f"{', '.join(map(str, budgets))} patches per slide, in `summaries/<sampler>_<budget>/`: "
+            + ", ".join(f"`{s.name}` ({len(s.files)} slides)" for s in run.summary_sets)
+            + "."
+        )
+    if tasks:
+        sec.blocks.append(f"Downstream tasks: {', '.join(tasks)}.")
+    timings = _flat(run.study.get("timings_s") or {}) if isinstance(run.study.get("timings_s"), Mapping) else {}
+    stages = run.study.get("stages") if isinstance(run.study.get("stages"), Mapping) else {}
+    errors = run.study.get("errors") if isinstance(run.study.get("errors"), Mapping) else {}
+    names = list(dict.fromkeys([*stages, *timings]))
+    if names:
+        t = Table(["stage", "wall time (s)", "detail"], [], numeric={1})
+        for name in names:
+            secs = timings.get(name)
+            ok = isinstance(secs, int | float) and not isinstance(secs, bool) and math.isfinite(secs)
+            detail = _brief(stages[name]) if name in stages else ""
+            if errors.get(name):
+                detail = f"{detail}: {_brief(errors[name], 160)}" if detail else _brief(errors[name], 160)
+            t.rows.append([name, f"{secs:.1f}" if ok else "", detail])
+        sec.blocks.append(t)
+    return sec
+
+
+def results_section(agg: pd.DataFrame | None, figs: list[Path], metric: str) -> Section:
+    sec = Section("Results", "results")
+    if agg is None or agg.empty:
+        sec.blocks.append(f"No evaluation results yet (no `{RESULTS_FILE}` and no `evaluate/**/metrics.csv`).")
+        return sec
+    sec.blocks.append(
+        "Test metrics, mean ± sample standard deviation (ddof 1) over folds, one row per task, MIL model, "
+        "sampler and budget; the shaded `full` row of each task is the reference trained on the full bags. "
+        "Bold: the best summary of the task by AUROC. `epoch time full/this`: how many times faster a training "
+        "epoch is on these bags than on the full bags."
+    )
+    sec.blocks.append(results_table(agg, RESULT_METRICS))
+    for p in figs:
+        mil = p.stem.rsplit("_vs_budget_", 1)[-1]
+        sec.blocks.append(
+            Figure(
+                p,
+                f"{metric.replace('test_', 'test ')} versus budget, {mil}: a panel per task, a line per sampler "
+                "(mean ± std over folds); dashed, the full-bag result with its ± std band.",
+            )
+        )
+    return sec
+
+
+def cost_section(storage: pd.DataFrame, mil: pd.DataFrame) -> Section:
+    sec = Section("Cost", "cost")
+    if not storage.empty:
+        sec.blocks.append(
+            "Bags: mean patches per slide and bytes on disk of each summary set, against the cohort's full "
+            "bags (`h5_files/`) of the same slides."
+        )
+        sec.blocks.append(cost.storage_table(storage))
+    if not mil.empty:
+        sec.blocks.append(
+            "MIL training on these bags, from the evaluation metrics (mean ± std over folds): patches per "
+            "bag, wall time per training epoch, peak resident memory of the process (and its growth during "
+            "training, where recorded); `full/this` is the full-bag value divided by this one."
+        )
+        sec.blocks.append(cost.mil_cost_table(mil))
+    if storage.empty and mil.empty:
+        sec.blocks.append("No summaries and no cost metrics in this run.")
+    return sec
+
+
+def lesion_section(df: pd.DataFrame, fig: Path | None, dataset_tasks: Mapping[str, str], small: int) -> Section:
+    sec = Section("Lesion retention", "lesions")
+    sec.blocks.append(
+        "Synthetic cohorts carry each patch's ground-truth morphology, so we can check whether a summary "
+        "kept the lesion. `lesion kept`: the share (and count) of lesion-positive slides whose summary holds "
+        f"at least one lesion patch; `lesion ≤ {small} patches kept`: the same for the smallest lesions "
+        "(ITC-like, a handful of patches), where summaries differ most; `lesion share of kept patches`: mean "
+        "over lesion-positive slides of the fraction of kept patches that are lesion, against the same "
+        "fraction in the full bag (what a uniformly random summary keeps on average)."
+    )
+    sec.blocks.append(lesions.retention_table(df, dataset_tasks, small))
+    if fig is not None:
+        sec.blocks.append(
+            Figure(
+                fig,
+                "Lesion-positive slides whose summary kept a lesion patch, versus budget (dotted: smallest lesions).",
+            )
+        )
+    return sec
+
+
+def heatmap_section(budget: int | None, figs: list[Path], has_lesions: bool) -> Section:
+    sec = Section("Selection heatmaps", "heatmaps")
+    if not figs:
+        sec.blocks.append("No summaries to draw.")
+        return sec
+    gt = " (light red: lesion patches of the ground truth)" if has_lesions else ""
+    sec.blocks.append(
+        f"Which patches each sampler kept at budget {budget}, drawn from the coords alone: every patch of the "
+        f"slide is a faint square on the patch grid{gt}; kept patches are solid, coloured by the summary's "
+        "per-patch score where the sampler gives one (its own scale per panel)"
+        + ("; a red outline marks a kept lesion patch, and a red ring a small lesion." if has_lesions else ".")
+    )
+    for p in figs:
+        sec.blocks.append(
+            Figure(p, f"{p.stem.split('_', 2)[-1]}: selection at budget {budget}, one panel per sampler.")
+        )
+    return sec
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    heatmap_slides: int = 3,
+    heatmap_budget: int | None = None,
+    metric: str = "test_auroc",
+    small_lesion_patches: int = lesions.SMALL_LESION_PATCHES,
+) -> dict[str, Path]:
+    """Write RUN_DIR/report/{report.md, report.html, *.csv, figures/*.png}; returns name -> path.
+
+    Keys: `markdown`, `html`, `results` (RUN_DIR/results.csv, regenerated from evaluate/ when missing
+    or stale), `results_table`, `cost_storage`, `cost_mil`, `lesion_retention` (CSVs, where there is
+    data) and one key per figure (its file stem).
+    """
+    run = open_run_dir(run_dir)
+    name = run.root.resolve().name
+    hm_budget = heatmaps.heatmap_budget(run, heatmap_budget)  # a bad budget fails before anything is written
+    out = run.report_dir
+    fig_dir = out / FIGURES
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    df = load_results(run)
+    agg = None if df is None else aggregate(df)
+    if df is not None:
+        written["results"] = run.root / RESULTS_FILE
+        written["results_table"] = _write_csv(out / CSV_FILES[0], agg)
+    figs = plots.metric_vs_budget(agg, fig_dir, metric) if agg is not None else []
+
+    storage = cost.storage_costs(run)
+    mil = cost.mil_costs(agg) if agg is not None else pd.DataFrame()
+    if not storage.empty:
+        written["cost_storage"] = _write_csv(out / CSV_FILES[1], storage)
+    if not mil.empty:
+        written["cost_mil"] = _write_csv(out / CSV_FILES[2], mil)
+
+    dataset_tasks = (run.manifest or {}).get("dataset_tasks") or {}
+    slide_lesions = lesions.collect_slide_lesions(run)
+    retention = lesions.retention_frame(slide_lesions, small_lesion_patches) if slide_lesions else None
+    lesion_fig = None
+    if retention is not None:
+        written["lesion_retention"] = _write_csv(out / CSV_FILES[3], retention)
+        lesion_fig = plots.lesion_retention_plot(
+            retention, fig_dir / "lesion_retention_vs_budget.png", dataset_tasks, small_lesion_patches
+        )
+
+    hm_figs = heatmaps.write_heatmaps(run, fig_dir, heatmap_slides, hm_budget)
+
+    tasks = sorted(agg["task"].unique()) if agg is not None else []
+    sections = [run_section(run, tasks), results_section(agg, figs, metric), cost_section(storage, mil)]
+    if retention is not None:
+        sections.append(lesion_section(retention, lesion_fig, dataset_tasks, small_lesion_patches))
+    sections.append(heatmap_section(hm_budget, hm_figs, retention is not None))
+    has_full = agg is not None and (agg["sampler"] == FULL).any()
+    intro = [f"Study run `{name}`: summaries versus full bags, regenerated by `wsisum-report RUN_DIR`."]
+    notes = list(run.notes)
+    if agg is not None and not has_full:
+        notes.append("no full-bag evaluation (`evaluate/<task>/full/`): the tables have no reference rows.")
+    doc = Document(f"wsisum study report: {name}", intro, sections, notes)
+
+    all_figs = [*figs, *([lesion_fig] if lesion_fig else []), *hm_figs]
+    for p in all_figs:
+        written[p.stem] = p
+    keep = {p.resolve() for p in all_figs} | {p.resolve() for p in written.values()}
+    stale = [*fig_dir.glob("*.png"), *(out / name for name in CSV_FILES)]
+    for path in stale:  # outputs of an earlier report that this one no longer has (no data now)
+        if path.is_file() and path.resolve() not in keep:
+            path.unlink()
+    written["markdown"] = _write_text(out / REPORT_MD, to_markdown(doc, out))
+    written["html"] = _write_text(out / REPORT_HTML, to_html(doc))
+    return written

@@ -1,0 +1,130 @@
+"""A small table type that renders the same cells to Markdown and to HTML, and the results table.
+
+The results table is `wsisum.evaluate.aggregate.markdown_table` (mean ± sample std over folds, the
+full-bag row first in each task), read back into cells, so the report and `aggregate.md` of a
+sweep can never disagree; the report only renames the columns and marks the best summary per task.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from wsisum.evaluate.aggregate import FULL, markdown_table
+
+RESULT_METRICS = ("test_auroc", "test_balanced_accuracy", "test_f1_macro")
+HEADERS = {
+    "test_auroc": "AUROC",
+    "test_balanced_accuracy": "balanced accuracy",
+    "test_f1_macro": "macro F1",
+    "epoch time full/this": "epoch time full/this",
+}
+BEST_BY = "test_auroc"
+
+
+@dataclass
+class Table:
+    """Header and rows of strings; `ref_rows` are reference rows (full bags), `strong` cells are bold."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    ref_rows: set[int] = field(default_factory=set)
+    strong: set[tuple[int, int]] = field(default_factory=set)
+    numeric: set[int] = field(default_factory=set)  # right-aligned columns
+
+    def cell(self, i: int, j: int) -> str:
+        return self.rows[i][j]
+
+    def to_markdown(self) -> str:
+        def esc(s: str) -> str:
+            return s.replace("|", "\\|")
+
+        lines = ["| " + " | ".join(esc(c) for c in self.columns) + " |"]
+        lines.append("|" + "".join("---:|" if j in self.numeric else "---|" for j in range(len(self.columns))))
+        for i, row in enumerate(self.rows):
+            cells = [f"**{esc(c)}**" if (i, j) in self.strong and c else esc(c) for j, c in enumerate(row)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        out = ["<table>", "<thead><tr>"]
+        out += [
+            f"<th{' class=num' if j in self.numeric else ''}>{html.escape(c)}</th>" for j, c in enumerate(self.columns)
+        ]
+        out.append("</tr></thead><tbody>")
+        for i, row in enumerate(self.rows):
+            out.append('<tr class="ref">' if i in self.ref_rows else "<tr>")
+            for j, c in enumerate(row):
+                text = html.escape(c)
+                if (i, j) in self.strong and c:
+                    text = f"<strong>{text}</strong>"
+                out.append(f"<td{' class=num' if j in self.numeric else ''}>{text}</td>")
+            out.append("</tr>")
+        out.append("</tbody></table>")
+        return "".join(out)
+
+
+def parse_markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a pipe table as `markdown_table` writes it (no escaped pipes inside)."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return [], []
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    return cells(lines[0]), [cells(ln) for ln in lines[2:]]
+
+
+def budget_label(sampler: str, budget: str) -> str:
+    return "all" if sampler == FULL and not budget else budget
+
+
+def _best_keys(agg: pd.DataFrame, metric: str) -> set[tuple[str, str, str, str]]:
+    """(task, mil, sampler, budget) of the best summary (not full bags) by `metric` in each task and MIL."""
+    sub = agg[(agg["metric"] == metric) & (agg["sampler"] != FULL) & agg["mean"].notna()]
+    best = set()
+    for (task, mil), grp in sub.groupby(["task", "mil"], sort=False):
+        r = grp.loc[grp["mean"].idxmax()]
+        b = "" if pd.isna(r["budget"]) else str(int(r["budget"]))
+        best.add((str(task), str(mil), str(r["sampler"]), b))
+    return best
+
+
+def results_table(agg: pd.DataFrame, metrics: Sequence[str] = RESULT_METRICS) -> Table:
+    """task × MIL × sampler × budget, mean ± std over folds of the test metrics, full bags first."""
+    head, rows = parse_markdown_table(markdown_table(agg, metrics))
+    idx = {c: j for j, c in enumerate(head)}
+    best = _best_keys(agg, BEST_BY)
+    table = Table([HEADERS.get(c, c) for c in head], [])
+    table.numeric = {j for c, j in idx.items() if c not in ("task", "mil", "sampler")}
+    for i, row in enumerate(rows):
+        key = (row[idx["task"]], row[idx["mil"]], row[idx["sampler"]], row[idx["budget"]])
+        if key[2] == FULL:
+            table.ref_rows.add(i)
+        if key in best and BEST_BY in idx:
+            table.strong.add((i, idx[BEST_BY]))
+        row[idx["budget"]] = budget_label(key[2], key[3])
+        table.rows.append(row)
+    return table
+
+
+def format_bytes(n: float) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "n/a"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_ratio(full: float, mine: float) -> str:
+    """How many times the full-bag value is this one's ('' when either is missing or zero)."""
+    if full is None or mine is None or math.isnan(full) or math.isnan(mine) or mine <= 0:
+        return ""
+    return f"{full / mine:.1f}×"

@@ -1,0 +1,134 @@
+"""The whole study as resumable stages: cohort -> pretraining -> summaries -> evaluation -> report.
+
+Each stage runs one app (the same function its console script calls) on a config composed from
+that app's primary config plus the study's overrides. A stage that finished is reused only when
+its fingerprint — its resolved config plus the fingerprints of the stages it reads — is unchanged;
+otherwise it is recomputed, so a re-run never mixes old outputs with a new recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from wsisum.data.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+console = Console()
+MARKERS = ".stages"
+
+
+@dataclass
+class StageResult:
+    key: str
+    status: str  # ran | reused | failed
+    seconds: float = 0.0
+    fingerprint: str = ""
+    error: str | None = None
+
+
+@dataclass
+class Study:
+    """Runs stages in RUN_DIR, remembering what finished (RUN_DIR/.stages/<key>.json)."""
+
+    run_dir: Path
+    results: dict[str, StageResult] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        (self.run_dir / MARKERS).mkdir(parents=True, exist_ok=True)
+
+    def _marker(self, key: str) -> Path:
+        return self.run_dir / MARKERS / (key.replace("/", "__") + ".json")
+
+    @staticmethod
+    def fingerprint(cfg: DictConfig | dict, upstream: Sequence[str] = ()) -> str:
+        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+        text = json.dumps(plain, sort_keys=True, default=str) + "|" + "|".join(upstream)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def finished(self, key: str) -> str | None:
+        """The fingerprint a finished stage was run with (None if it never finished)."""
+        p = self._marker(key)
+        if not p.is_file():
+            return None
+        return json.loads(p.read_text()).get("fingerprint")
+
+    def run(
+        self,
+        key: str,
+        cfg: DictConfig | dict,
+        fn: Callable[[], Any],
+        upstream: Sequence[str] = (),
+        outputs: Sequence[Path] = (),
+        clean: Callable[[], None] | None = None,
+    ) -> StageResult:
+        """Run `fn` unless `key` finished with the same fingerprint and its outputs exist."""
+        fp = self.fingerprint(cfg, [self.results[u].fingerprint for u in upstream if u in self.results])
+        failed_up = [u for u in upstream if u in self.results and self.results[u].status == "failed"]
+        if failed_up:
+            res = StageResult(key, "failed", 0.0, fp, f"skipped: {', '.join(failed_up)} failed")
+            self.results[key] = res
+            return res
+        previous = self.finished(key)
+        if previous == fp and all(Path(o).exists() for o in outputs):
+            console.print(f"[green]reuse[/green] {key} (finished, same recipe)")
+            res = StageResult(key, "reused", 0.0, fp)
+            self.results[key] = res
+            return res
+        if previous is not None and previous != fp:
+            console.print(f"[yellow]recompute[/yellow] {key}: its recipe or an input changed")
+            if clean is not None:
+                clean()
+        self._marker(key).unlink(missing_ok=True)
+        console.rule(f"[bold]{key}")
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except SystemExit as err:  # the apps exit non-zero after reporting their own errors
+            res = StageResult(key, "failed", time.perf_counter() - t0, fp, f"exit code {err.code}")
+        else:
+            res = StageResult(key, "ran", time.perf_counter() - t0, fp)
+            with atomic_path(self._marker(key)) as tmp:
+                tmp.write_text(json.dumps({"fingerprint": fp, "seconds": res.seconds, "finished": time.time()}))
+        self.results[key] = res
+        return res
+
+    def write_summary(self, config: dict) -> Path:
+        path = self.run_dir / "study.json"
+        data = {
+            "cohort_root": config.get("cohort", {}).get("root"),
+            "config": config,
+            "stages": {k: r.status for k, r in self.results.items()},
+            "errors": {k: r.error for k, r in self.results.items() if r.error},
+            "timings_s": {k: round(r.seconds, 2) for k, r in self.results.items()},
+        }
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, default=str))
+        return path
+
+
+def compose_stage(app: str, overrides: Sequence[str]) -> DictConfig:
+    """Compose an app's primary config inside the running Hydra app (same config search path)."""
+    return compose(config_name=app, overrides=list(overrides))
+
+
+def remove(path: Path) -> Callable[[], None]:
+    def _clean() -> None:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+    return _clean
