@@ -167,7 +167,20 @@ def pipeline(cfg: DictConfig) -> Study:
         from wsisum.report import build_report
 
         paths = build_report(run_dir)
-        console.print(f"report: {paths.get('html', paths.get('md'))}")
+        console.print(f"report: {paths.get('html', paths.get('markdown'))}")
+        if cfg.report.wandb.enabled:
+            from wsisum.report.wandb_export import export_to_wandb
+
+            wb = export_to_wandb(
+                run_dir,
+                paths,
+                project=cfg.report.wandb.project,
+                group=str(cfg.study_name),
+                name=f"{cfg.study_name}-report",
+                offline=bool(cfg.report.wandb.offline),
+                config=plain,
+            )
+            console.print(f"W&B run: {wb} (offline: `wandb sync {wb}` uploads it)")
     _print_stages(study)
     failed = [k for k, r in study.results.items() if r.status == "failed"]
     if failed:
