@@ -151,7 +151,7 @@ class MILClassifier(L.LightningModule):
     # --- model ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any], with_target: bool = False) -> MILOutput:
         target = batch["target"] if with_target else None
-        return self.model(batch["features"], batch["mask"], target=target)
+        return self.model(batch["features"].float(), batch["mask"], target=target)  # bags keep their stored dtype
 
     def _loss(self, out: MILOutput, target: Tensor) -> Tensor:
         ce = F.cross_entropy(

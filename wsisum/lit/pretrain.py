@@ -111,7 +111,7 @@ class SummarizerPretraining(L.LightningModule):
         return torch.stack(losses).mean() if losses else outputs[next(iter(outputs))].sum() * 0.0
 
     def step(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        feats, mask = batch["features"], batch["mask"]
+        feats, mask = batch["features"].float(), batch["mask"]  # bags arrive in their stored dtype
         visible = random_visible(mask, self.hparams.mask_ratio, generator)
         out = self.model(feats, mask, batch.get("pos"), visible)
         hidden = mask & ~visible
