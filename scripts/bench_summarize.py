@@ -92,7 +92,7 @@ def bench_model(model: str, args, device: torch.device) -> None:
 
 def bench_large(args) -> None:
     """End to end on the `large` preset: pool k-means + search per slide, with its peak memory."""
-    from tests.conftest import compose_config  # the same composition the tests use
+    from wsisum.apps._app import compose_app_config
     from wsisum.apps.train import train
     from wsisum.data.cohort import Cohort
     from wsisum.data.synthetic import generate_cohort
@@ -106,7 +106,7 @@ def bench_large(args) -> None:
     out = REPO / "outputs" / "bench" / "large_train"
     ckpt = out / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
-        cfg = compose_config(
+        cfg = compose_app_config(
             "train",
             [
                 f"data.root={root}",
@@ -134,7 +134,7 @@ def bench_large(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["small", "base"])
+    ap.add_argument("--models", nargs="*", default=["small", "base"], help="none with --large: only the end-to-end run")
     ap.add_argument("--candidates", type=int, default=1024)
     ap.add_argument("--pool", type=int, default=500)
     ap.add_argument("--keep", type=int, default=63)

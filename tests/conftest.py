@@ -98,20 +98,6 @@ def tiny_copy(tiny_cohort: Path, tmp_path: Path) -> Path:
 
 def compose_config(name: str, overrides: list[str], output_dir: Path):
     """Compose a primary config as the app would, with the run dir pinned to `output_dir`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from wsisum.apps._app import compose_app_config
 
-    from wsisum.apps._app import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose_app_config(name, overrides, output_dir)

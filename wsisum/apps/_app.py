@@ -52,3 +52,25 @@ def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def compose_app_config(name: str, overrides: list[str], output_dir: str | Path) -> DictConfig:
+    """Compose an app's config outside a command line (scripts, notebooks, tests), run dir pinned.
+
+    Sets Hydra's global state as the app would have it, so `${hydra:...}` interpolations resolve.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    return cfg
