@@ -64,10 +64,15 @@ class BagDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Item:
+        item = self._item(i)
+        return self.transform(item) if self.transform else item
+
+    def _item(self, i: int) -> Item:
+        """Item i before the transform; subclasses add their fields here."""
         item = bag_item(self.paths[i], self.slide_ids[i], check_values=self.check_values)
         if self.targets is not None:
             item["target"] = self.targets[i]
-        return self.transform(item) if self.transform else item
+        return item
 
 
 class TeacherBagDataset(BagDataset):
@@ -85,12 +90,8 @@ class TeacherBagDataset(BagDataset):
         self.teacher_paths = {t: list(ps) for t, ps in teacher_paths.items()}
         self.teacher_dims = dict(teacher_dims)
 
-    def __getitem__(self, i: int) -> Item:
-        transform, self.transform = self.transform, None
-        try:
-            item = super().__getitem__(i)
-        finally:
-            self.transform = transform
+    def _item(self, i: int) -> Item:
+        item = super()._item(i)
         targets, present = {}, {}
         for t, paths in self.teacher_paths.items():
             p = paths[i]
@@ -105,7 +106,7 @@ class TeacherBagDataset(BagDataset):
             present[t] = True
         item["teachers"] = targets
         item["teacher_present"] = present
-        return self.transform(item) if self.transform else item
+        return item
 
 
 def collate_bags(batch: Sequence[Item]) -> Item:
