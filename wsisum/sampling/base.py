@@ -80,3 +80,7 @@ class Sampler(ABC):
     def describe(self) -> dict[str, Any]:
         """The sampler's settings, stored in every summary bag's attrs."""
         return {"sampler": self.name, "seed": self.seed}
+
+    def recipe(self, budget: int) -> dict[str, Any]:
+        """Everything a summary is made from: the settings plus the budget (compared on re-runs)."""
+        return self.describe() | {"budget": int(budget)}

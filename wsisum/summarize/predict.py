@@ -18,12 +18,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from wsisum.data.bags import read_bag
-from wsisum.data.embeddings import read_embedding
 from wsisum.errors import InputError
 from wsisum.sampling.base import Sampler
-from wsisum.summarize.run import RunReport, SlideJob
-from wsisum.summarize.writer import existing_recipe, recipe_mismatch, write_summary
+from wsisum.summarize.run import RunReport, SlideJob, select_for_job
+from wsisum.summarize.writer import existing_conflict, write_summary
 
 OUTCOMES_DIR = ".wsisum_outcomes"  # per-rank jsonl of done/skipped/failed, merged by the launcher
 
@@ -45,7 +43,7 @@ class SummarizePredictor(L.LightningModule):
     def __init__(self, sampler: Sampler, budget: int, overwrite: bool = False):
         super().__init__()
         self.sampler, self.budget, self.overwrite = sampler, int(budget), overwrite
-        self.recipe = sampler.describe() | {"budget": int(budget)}
+        self.recipe = sampler.recipe(budget)
         self.register_buffer("_device_anchor", torch.zeros(1))  # lets Lightning report this rank's device
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -57,32 +55,17 @@ class SummarizePredictor(L.LightningModule):
 
     def predict_step(self, batch: list[SlideJob], batch_idx: int) -> dict[str, Any]:
         (job,) = batch
-        if Path(job.out_path).exists() and not self.overwrite:
-            found = existing_recipe(job.out_path)
-            if found is not None:
-                problem = recipe_mismatch(found, self.recipe)
-                if problem is None:
-                    return {"job": job, "skipped": True}
-                return {
-                    "job": job,
-                    "error": f"{job.out_path}: exists with another recipe, {problem}; use overwrite=true or another out_dir",
-                }
+        if not self.overwrite:
+            finished, problem = existing_conflict(job.out_path, self.recipe)
+            if problem is not None:
+                return {"job": job, "error": problem}
+            if finished:
+                return {"job": job, "skipped": True}
         try:
-            bag = read_bag(job.bag_path)
-            context = {}
-            if self.sampler.needs_teachers:
-                context["teachers"] = {t: (read_embedding(p) if p else None) for t, p in job.teacher_paths}
-            try:
-                sel = self.sampler.select(
-                    bag.features, self.budget, slide_id=job.slide_id, coords=bag.coords, **context
-                )
-            except InputError as err:
-                if err.path is None:
-                    raise InputError(job.bag_path, err.problem) from None
-                raise
-            return {"job": job, "bag": bag, "selection": sel}
+            bag, sel = select_for_job(job, self.sampler, self.budget)
         except InputError as err:
             return {"job": job, "error": str(err)}
+        return {"job": job, "bag": bag, "selection": sel}
 
 
 class SummaryWriter(BasePredictionWriter):

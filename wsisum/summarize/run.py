@@ -19,12 +19,12 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from wsisum.data.atomic import remove_stale_temps
-from wsisum.data.bags import read_bag
+from wsisum.data.bags import Bag, read_bag
 from wsisum.data.cohort import Cohort
 from wsisum.data.embeddings import read_embedding
 from wsisum.errors import InputError
-from wsisum.sampling.base import Sampler
-from wsisum.summarize.writer import existing_recipe, recipe_mismatch, relative_source, summary_path, write_summary
+from wsisum.sampling.base import Sampler, Selection
+from wsisum.summarize.writer import existing_conflict, relative_source, summary_path, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,9 @@ class RunReport:
         return not self.failed
 
 
-def summarize_slide(job: SlideJob, sampler: Sampler, budget: int) -> str:
-    """Summarize one slide; returns 'done'. Raises InputError for bad input."""
+def select_for_job(job: SlideJob, sampler: Sampler, budget: int) -> tuple[Bag, Selection]:
+    """Read one slide (and its teachers, when the sampler needs them) and select its summary.
+    Raises InputError naming the file; shared by the process-pool and the Lightning paths."""
     bag = read_bag(job.bag_path)
     context = {}
     if sampler.needs_teachers:
@@ -63,8 +64,13 @@ def summarize_slide(job: SlideJob, sampler: Sampler, budget: int) -> str:
         if err.path is None:  # sampler errors do not know the file: name it here
             raise InputError(job.bag_path, err.problem) from None
         raise
-    recipe = sampler.describe() | {"budget": int(budget)}
-    write_summary(job.out_path, bag, sel, recipe, job.source)
+    return bag, sel
+
+
+def summarize_slide(job: SlideJob, sampler: Sampler, budget: int) -> str:
+    """Summarize one slide; returns 'done'. Raises InputError for bad input."""
+    bag, sel = select_for_job(job, sampler, budget)
+    write_summary(job.out_path, bag, sel, sampler.recipe(budget), job.source)
     return "done"
 
 
@@ -97,20 +103,17 @@ def plan_jobs(
 ) -> list[SlideJob]:
     """Jobs for slides without a finished summary (all slides with `include_done`, for ranks that
     skip on their own); a summary with another recipe is a failure."""
-    wanted = sampler.describe() | {"budget": int(budget)}
+    wanted = sampler.recipe(budget)
     jobs = []
     for sid, rec in cohort.slides.items():
         out = summary_path(out_dir, rec.dataset, sid)
-        if out.exists() and not overwrite and not include_done:
-            found = existing_recipe(out)
-            if found is not None:
-                problem = recipe_mismatch(found, wanted)
-                if problem is None:
-                    report.skipped.append(sid)
-                    continue
-                report.failed[sid] = (
-                    f"{out}: exists with another recipe, {problem}; use overwrite=true or another out_dir"
-                )
+        if not overwrite and not include_done:
+            finished, problem = existing_conflict(out, wanted)
+            if problem is not None:
+                report.failed[sid] = problem
+                continue
+            if finished:
+                report.skipped.append(sid)
                 continue
         source = relative_source(rec.bag_path, cohort.root)
         teachers = ()

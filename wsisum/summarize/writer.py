@@ -65,3 +65,15 @@ def recipe_mismatch(found: dict[str, Any], wanted: dict[str, Any]) -> str | None
         if k in wanted and str(found.get(k)) != str(wanted[k]):
             return f"{k}={found.get(k)} (this run: {wanted[k]})"
     return None
+
+
+def existing_conflict(path: str | Path, wanted: dict[str, Any]) -> tuple[bool, str | None]:
+    """(finished, problem) for a summary path: (True, None) when it holds this recipe, (True, message)
+    when it holds another one, (False, None) when there is no finished summary."""
+    found = existing_recipe(path) if Path(path).exists() else None
+    if found is None:
+        return False, None
+    problem = recipe_mismatch(found, wanted)
+    if problem is None:
+        return True, None
+    return True, f"{path}: exists with another recipe, {problem}; use overwrite=true or another out_dir"
