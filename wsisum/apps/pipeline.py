@@ -137,16 +137,16 @@ def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
 
 
 def collect_results(run_dir: Path) -> Path | None:
-    from wsisum.data.atomic import atomic_path
+    """RUN_DIR/results.csv: every evaluation's tidy metrics in one file (the report reads it)."""
     from wsisum.evaluate.aggregate import collect
+    from wsisum.evaluate.results import find_metrics, write_metrics
 
-    files = sorted((run_dir / "evaluate").glob("*/*/metrics.csv"))
+    eval_dir = run_dir / "evaluate"
+    files = find_metrics([eval_dir]) if eval_dir.is_dir() else []
     if not files:
         return None
-    df = collect(files)
     path = run_dir / "results.csv"
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+    write_metrics(path, collect(files).to_dict("records"))
     return path
 
 
