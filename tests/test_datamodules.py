@@ -98,13 +98,17 @@ def test_mixed_dims_and_bad_files(small_cohort) -> None:
     victim, other = dm.split.test[0], dm.split.train[0]
     ds = "dsA" if victim.startswith("dsA") else "dsB"
     write_bag(root / "h5_files" / ds / f"{victim}.h5", np.ones((4, 5), np.float32))
-    with pytest.raises(InputError, match=r"feature dim 5 differs from .* \(8\)"):
+    with pytest.raises(InputError, match=rf"{victim}.h5: feature dim 5 differs from the cohort's 8 \(11 of 12"):
         ClassificationDataModule(root, "task").setup()
+    skipping = ClassificationDataModule(root, "task", on_bad_slide="skip")
+    skipping.setup()
+    assert list(skipping.skipped) == [victim] and "feature dim 5" in skipping.skipped[victim]
     (root / "h5_files" / ds / f"{victim}.h5").write_bytes(b"broken")
     with pytest.raises(InputError, match=f"{victim}.h5: unreadable HDF5"):
         ClassificationDataModule(root, "task").setup()
     skipping = ClassificationDataModule(root, "task", on_bad_slide="skip")
     skipping.setup()
+    assert "unreadable HDF5" in skipping.skipped[victim]
     assert victim not in skipping.parts["test"].slide_ids and other in skipping.parts["train"].slide_ids
 
 
@@ -140,10 +144,33 @@ def test_pretrain_inconsistent_teacher_dim(small_cohort) -> None:
     root, _ = small_cohort
     bad = root / "slide_embeddings" / "dsB" / "TITAN" / "dsB-003.h5"
     write_embedding(bad, np.ones(13))
-    dm = PretrainDataModule(root, val_fraction=0.0, exclude=[], batch_size=1)
+    with pytest.raises(InputError, match=r"dsB-003.h5: teacher TITAN embedding has dim 13, the other slides' have 12"):
+        PretrainDataModule(root, val_fraction=0.0, on_bad_slide="error").setup()
+    dm = PretrainDataModule(root, val_fraction=0.0, batch_size=1)  # skip: reported, masked like a missing one
     dm.setup()
-    with pytest.raises(InputError, match=r"dsB-003.h5: teacher TITAN has dim 13, other slides have 12"):
-        _all(dm.train_dataloader())
+    assert list(dm.skipped) == ["dsB-003 (TITAN)"] and dm.teacher_dims["TITAN"] == 12
+    ds = dm.parts["train"]
+    i = ds.slide_ids.index("dsB-003")
+    assert ds.teacher_paths["TITAN"][i] is None and ds.teacher_paths["PRISM"][i] is not None
+    item = ds[i]
+    assert not item["teacher_present"]["TITAN"] and item["teacher_present"]["PRISM"]
+
+
+def test_unreadable_bag_at_read_time_is_a_marker_not_an_exception(small_cohort) -> None:
+    """A bag whose header is fine but whose values are not (NaN) is found only when read: the dataset
+    hands the collate a marker so the main process decides (skip or stop), never a worker traceback."""
+    root, _ = small_cohort
+    path = root / "h5_files" / "dsA" / "dsA-001.h5"
+    feats = np.ones((4, 8), np.float32)
+    feats[2, 3] = np.nan
+    write_bag(path, feats)
+    dm = PretrainDataModule(root, val_fraction=0.0, batch_size=3, num_workers=1)
+    dm.setup()
+    batches = _all(dm.train_dataloader())
+    bad = [b for batch in batches for b in batch["bad"]]
+    assert [sid for sid, _ in bad] == ["dsA-001"] and "dsA-001.h5" in bad[0][1] and "row 2" in bad[0][1]
+    seen = [s for batch in batches for s in batch["slide_id"]]
+    assert "dsA-001" not in seen and len(seen) == len(dm.parts["train"]) - 1
 
 
 def test_pretrain_transform_and_exclude(small_cohort) -> None:

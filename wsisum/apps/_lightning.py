@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -13,8 +15,8 @@ def _instantiate_all(node: DictConfig | None) -> list:
     return [instantiate(v) for v in node.values() if v is not None and "_target_" in v]
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_all(cfg.get("logger"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

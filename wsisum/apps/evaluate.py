@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.data.bad_slides import read_ledger, report_bad_slides
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import aggregate, collect, markdown_table
 from wsisum.evaluate.hydra_callbacks import FAILED_FILE
@@ -57,6 +58,7 @@ def evaluate(cfg: DictConfig) -> float:
         (out_dir / "aggregate.md").write_text(markdown_table(aggregate(collect([out_dir / "metrics.csv"]))))
         _show(result)
     log.info("metrics: %s", out_dir / "metrics.csv")
+    report_bad_slides(out_dir, "evaluation")  # bad_slides.csv + one line per skipped slide
     return result.mean(str(cfg.optimized_metric))
 
 
@@ -64,7 +66,10 @@ def evaluate(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # lightning 2.6 + torch 2.13 noise
     if not is_multirun():
-        return report_input_errors(evaluate)(cfg)
+        value = report_input_errors(evaluate)(cfg)
+        if read_ledger(cfg.paths.output_dir):
+            raise SystemExit(1)  # metrics written without the bad slides; the run is not what was asked for
+        return value
     # in a sweep a bad input fails its job only: one line, a FAILED marker, and the other jobs go on;
     # the aggregation callback lists failed jobs and exits non-zero at the end
     try:

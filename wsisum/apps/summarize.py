@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.data.bad_slides import check_on_bad
 from wsisum.data.cohort import Cohort
 from wsisum.summarize.run import RunReport, summarize_cohort
 
@@ -28,6 +29,7 @@ def summarize(cfg: DictConfig) -> RunReport:
         overwrite=bool(cfg.overwrite),
         progress=bool(cfg.progress),
         trainer=trainer,
+        stop_on_error=check_on_bad(str(cfg.data.get("on_bad_slide", "skip"))) == "error",
     )
     if trainer is not None and not trainer.is_global_zero:
         return report  # rank 0 reports for everyone

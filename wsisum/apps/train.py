@@ -11,14 +11,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.apps._lightning import build_trainer, finish_loggers
+from wsisum.data.bad_slides import BadSlideLedger, report_bad_slides
 from wsisum.data.datamodules import PretrainDataModule
 from wsisum.data.embeddings import read_embedding
+from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.sampling.pool import PoolTransform
 from wsisum.teachers.fusion import fit_fusion
 
 log = logging.getLogger(__name__)
 FUSION_FILE = "teacher_fusion.npz"
+BAD_INPUTS = "bad_inputs"  # metrics key: how many slides/teacher files the run skipped
 
 
 def build_datamodule(cfg: DictConfig) -> PretrainDataModule:
@@ -38,6 +41,7 @@ def build_datamodule(cfg: DictConfig) -> PretrainDataModule:
         batch_size=cfg.data.batch_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
+        on_bad_slide=cfg.data.on_bad_slide,
         transform=transform,
     )
 
@@ -75,18 +79,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
         dm.feature_dim,
         dm.teacher_dims,
     )
+    ledger = BadSlideLedger(out_dir, "setup")
+    for sid, problem in dm.skipped.items():
+        ledger.add(sid, problem)
     module = build_module(cfg, dm, out_dir)
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, [BadSlideCallback(out_dir, cfg.data.on_bad_slide)])
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
     finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: %s", {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")})
+    if trainer.is_global_zero:
+        metrics[BAD_INPUTS] = report_bad_slides(out_dir, "training")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
+    if metrics.get(BAD_INPUTS):
+        raise SystemExit(1)  # trained and saved without them, but the run is not what was asked for
     return metrics.get("val/teacher_cos")  # the value an Optuna sweep optimises
 
 

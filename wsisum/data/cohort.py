@@ -32,7 +32,8 @@ class SlideRecord:
 
 def _bag_files(directory: Path) -> Iterable[Path]:
     for p in sorted(directory.iterdir()):
-        if p.is_file() and p.suffix in (".h5", ".pt") and not p.name.startswith(TMP_PREFIX):
+        # a dangling link is kept: reading it then reports the missing target instead of the slide vanishing
+        if (p.is_file() or p.is_symlink()) and p.suffix in (".h5", ".pt") and not p.name.startswith(TMP_PREFIX):
             yield p
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,28 +31,90 @@ log = logging.getLogger(__name__)
 OnBad = Literal["error", "skip"]
 
 
-def scan_bags(cohort: Cohort, slide_ids: Sequence[str], on_bad: OnBad = "error") -> tuple[list[str], int]:
-    """Check every bag's header; return (usable slide ids, feature dim). Mixed dims are an error."""
-    good, dims, bad = [], {}, []
+def scan_bags(
+    cohort: Cohort, slide_ids: Sequence[str], on_bad: OnBad = "error"
+) -> tuple[list[str], int, dict[str, str]]:
+    """Check every bag's header; return (usable slide ids, feature dim, {skipped slide id: problem}).
+
+    The cohort's feature dim is the one most bags have, so a stray bag from another encoder is the
+    one reported, whichever comes first. With `on_bad="error"` the first problem is raised.
+    """
+    infos, bad = {}, {}
     for sid in slide_ids:
         try:
-            info = bag_info(cohort[sid].bag_path)
+            infos[sid] = bag_info(cohort[sid].bag_path)
         except InputError as err:
             if on_bad == "error":
                 raise
-            log.warning("skipping slide %s: %s", sid, err)
-            bad.append(sid)
-            continue
-        dims.setdefault(info.dim, info.path)
-        if len(dims) > 1:
-            (d0, p0), (d1, p1) = list(dims.items())[:2]
-            raise InputError(p1, f"feature dim {d1} differs from {p0} ({d0}); one cohort must use one encoder")
-        good.append(sid)
-    if not good:
+            bad[sid] = str(err)
+    dims = Counter(info.dim for info in infos.values())
+    if not dims:
         raise InputError(cohort.bag_dir, f"no usable bag among {len(slide_ids)} slide(s)")
+    dim, n_dim = dims.most_common(1)[0]
+    good = []
+    for sid, info in infos.items():
+        if info.dim == dim:
+            good.append(sid)
+            continue
+        err = InputError(
+            info.path,
+            f"feature dim {info.dim} differs from the cohort's {dim} ({n_dim} of {len(infos)} bags); "
+            "one cohort must use one encoder",
+        )
+        if on_bad == "error":
+            raise err
+        bad[sid] = str(err)
     if bad:
-        log.warning("%d slide(s) skipped as unreadable: %s", len(bad), _examples(bad))
-    return good, next(iter(dims))
+        log.warning("%d slide(s) skipped as bad input: %s", len(bad), _examples(list(bad)))
+    return good, dim, bad
+
+
+def scan_teachers(
+    cohort: Cohort, slide_ids: Sequence[str], teachers: Sequence[str], on_bad: OnBad = "error"
+) -> tuple[dict[str, list[Path | None]], dict[str, int], dict[str, str]]:
+    """Find and read every slide's teacher embeddings; return ({teacher: path or None per slide},
+    {teacher: dim}, {"<slide> (<teacher>)": problem}).
+
+    A missing file is expected (masked in the loss). An unreadable one or one whose dim differs from
+    the teacher's usual dim is bad input: reported and masked like a missing one (or raised).
+    """
+    paths: dict[str, list[Path | None]] = {}
+    dims: dict[str, int] = {}
+    bad: dict[str, str] = {}
+    for t in teachers:
+        shapes: list[int | None] = []
+        for sid in slide_ids:
+            p = cohort.embedding_path(sid, t)
+            if not p.is_file() and not p.is_symlink():
+                shapes.append(None)
+                continue
+            try:
+                shapes.append(int(read_embedding(p).shape[0]))
+            except InputError as err:
+                if on_bad == "error":
+                    raise
+                bad[f"{sid} ({t})"] = str(err)
+                shapes.append(None)
+        present = Counter(d for d in shapes if d is not None)
+        if not present:
+            raise InputError(cohort.embeddings_dir(cohort.datasets[0]) / t, f"no readable embedding for teacher {t}")
+        dims[t] = dim = present.most_common(1)[0][0]
+        paths[t] = []
+        for sid, d in zip(slide_ids, shapes):
+            p = cohort.embedding_path(sid, t)
+            if d is not None and d != dim:
+                err = InputError(p, f"teacher {t} embedding has dim {d}, the other slides' have {dim}")
+                if on_bad == "error":
+                    raise err
+                bad[f"{sid} ({t})"] = str(err)
+                d = None
+            paths[t].append(p if d is not None else None)
+        n_missing = sum(p is None for p in paths[t])
+        if n_missing:
+            log.warning(
+                "teacher %s: %d of %d slides lack a usable embedding (masked in the loss)", t, n_missing, len(slide_ids)
+            )
+    return paths, dims, bad
 
 
 def _loader(
@@ -106,6 +169,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.split: Split | None = None
         self.feature_dim: int | None = None
         self.parts: dict[str, BagDataset] = {}
+        self.skipped: dict[str, str] = {}  # slide id -> problem, for slides left out as bad input
 
     @property
     def num_classes(self) -> int:
@@ -123,15 +187,25 @@ class ClassificationDataModule(L.LightningDataModule):
             splits_dir / f"splits_{self.fold}.csv", case_of=labels.case_of, allow_leakage=self.allow_leakage
         )
         ids = [s for p in PARTS for s in split.part(p)]
+        self.skipped = {}
         unlabelled = [s for s in ids if s not in labels.label_of]
-        if unlabelled:
+        if unlabelled and self.on_bad_slide == "error":
             raise InputError(
                 split.path, f"{len(unlabelled)} slide id(s) have no label in {labels.path} ({_examples(unlabelled)})"
             )
-        no_bag = [s for s in ids if s not in cohort]
-        if no_bag:
+        for s in unlabelled:
+            self.skipped[s] = f"{split.path}: slide '{s}' has no label in {labels.path}"
+        no_bag = [s for s in ids if s not in cohort and s in labels.label_of]
+        if no_bag and self.on_bad_slide == "error":
             raise InputError(cohort.bag_dir, f"no bag for {len(no_bag)} slide(s) of {split.path} ({_examples(no_bag)})")
-        usable, self.feature_dim = scan_bags(cohort, ids, self.on_bad_slide)
+        for s in no_bag:
+            self.skipped[s] = f"{cohort.bag_dir}: no bag for slide '{s}' of {split.path}"
+        unused = sorted(set(labels.label_of) - set(cohort.slides) - set(ids))
+        if unused:  # usual when one labels file serves several cohorts: not an error
+            log.info("%s: %d labelled slide(s) have no bag and are in no split", labels.path, len(unused))
+        ids = [s for s in ids if s not in self.skipped]
+        usable, self.feature_dim, bad = scan_bags(cohort, ids, self.on_bad_slide)
+        self.skipped |= bad
         usable_set = set(usable)
         for part in PARTS:
             sids = [s for s in split.part(part) if s in usable_set]
@@ -191,6 +265,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.teacher_dims: dict[str, int] = {}
         self.feature_dim: int | None = None
         self.parts: dict[str, TeacherBagDataset] = {}
+        self.skipped: dict[str, str] = {}  # slide id (or "slide (teacher)") -> problem, left out as bad input
 
     def setup(self, stage: str | None = None) -> None:
         if self.parts:
@@ -200,20 +275,9 @@ class PretrainDataModule(L.LightningDataModule):
         if not teachers:
             raise InputError(cohort.root / "slide_embeddings", "no teacher embeddings found")
         ids = [s for s in cohort.slide_ids() if s not in self.exclude]
-        ids, self.feature_dim = scan_bags(cohort, ids, self.on_bad_slide)
-        paths: dict[str, list[Path | None]] = {}
-        for t in teachers:
-            found = [cohort.embedding_path(s, t) for s in ids]
-            paths[t] = [p if p.is_file() else None for p in found]
-            first = next((p for p in paths[t] if p is not None), None)
-            if first is None:
-                raise InputError(cohort.embeddings_dir(cohort.datasets[0]) / t, f"no embedding files for teacher {t}")
-            self.teacher_dims[t] = int(read_embedding(first).shape[0])
-            n_missing = sum(p is None for p in paths[t])
-            if n_missing:
-                log.warning(
-                    "teacher %s: %d of %d slides lack an embedding (masked in the loss)", t, n_missing, len(ids)
-                )
+        ids, self.feature_dim, self.skipped = scan_bags(cohort, ids, self.on_bad_slide)
+        paths, self.teacher_dims, bad_teachers = scan_teachers(cohort, ids, teachers, self.on_bad_slide)
+        self.skipped |= bad_teachers
         in_val = [_in_val(s, self.seed, self.val_fraction) for s in ids]
         for part, want in (("train", False), ("val", True)):
             idx = [i for i, v in enumerate(in_val) if v == want]

@@ -64,8 +64,14 @@ class BagDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Item:
-        item = self._item(i)
-        return self.transform(item) if self.transform else item
+        try:
+            item = self._item(i)
+            return self.transform(item) if self.transform else item
+        except InputError as err:
+            # never raised here: inside a DataLoader worker it would surface as a multi-line traceback
+            # and end the run; the main process reports or skips it (wsisum.lit.bad_slides)
+            message = str(err) if err.path is not None else f"{self.paths[i]}: {err.problem}"
+            return {"slide_id": self.slide_ids[i], "path": self.paths[i], "error": message}
 
     def _item(self, i: int) -> Item:
         """Item i before the transform; subclasses add their fields here."""
@@ -112,8 +118,13 @@ class TeacherBagDataset(BagDataset):
 def collate_bags(batch: Sequence[Item]) -> Item:
     """Pad a list of bags to the longest: features (B, N, D), coords (B, N, 2), mask (B, N) True=real.
 
-    Nothing is truncated. A batch of one bag is returned without a padding copy.
+    Nothing is truncated. A batch of one bag is returned without a padding copy. Items the dataset
+    could not read go to `bad` as (slide_id, message); a batch of only bad items has no slides.
     """
+    bad = [(b["slide_id"], b["error"]) for b in batch if "error" in b]
+    batch = [b for b in batch if "error" not in b]
+    if not batch:
+        return {"slide_id": [], "path": [], "n_patches": torch.zeros(0, dtype=torch.long), "bad": bad}
     dims = {b["features"].shape[1] for b in batch}
     if len(dims) > 1:
         first = batch[0]
@@ -124,7 +135,12 @@ def collate_bags(batch: Sequence[Item]) -> Item:
             f"({first['features'].shape[1]}); one cohort must use one encoder",
         )
     n = torch.tensor([b["features"].shape[0] for b in batch])
-    out: Item = {"slide_id": [b["slide_id"] for b in batch], "n_patches": n, "path": [b["path"] for b in batch]}
+    out: Item = {
+        "slide_id": [b["slide_id"] for b in batch],
+        "n_patches": n,
+        "path": [b["path"] for b in batch],
+        "bad": bad,
+    }
     if len(batch) == 1:
         out["features"] = batch[0]["features"].unsqueeze(0)
         out["coords"] = batch[0]["coords"].unsqueeze(0)

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wsisum.data.atomic import atomic_path
+from wsisum.data.bad_slides import BadSlideLedger
 from wsisum.data.bags import bag_info
 from wsisum.data.datamodules import ClassificationDataModule
 from wsisum.data.labels import _examples, read_labels
@@ -35,6 +36,7 @@ from wsisum.data.splits import read_split, split_files
 from wsisum.errors import InputError
 from wsisum.evaluate.results import FULL, METRICS_FILE, RunLabel, rows_for_fold, write_metrics
 from wsisum.evaluate.tasks import TaskSpec
+from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.classifier import METRICS, MILClassifier
 from wsisum.models.mil import MIL_MODELS, MILModel
 
@@ -170,10 +172,15 @@ def build_trainer(cfg: DictConfig, fold: int, label: RunLabel, out_dir: Path) ->
         for v in (cfg.get("logger") or {}).values()
         if v and "_target_" in v
     ]
+    callbacks.append(_bad_slide_callback(cfg, out_dir))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
-def single_device_trainer(cfg: DictConfig, trained: L.Trainer) -> L.Trainer:
+def _bad_slide_callback(cfg: DictConfig, out_dir: Path) -> BadSlideCallback:
+    return BadSlideCallback(out_dir, str(cfg.data.get("on_bad_slide", "skip")))
+
+
+def single_device_trainer(cfg: DictConfig, trained: L.Trainer, out_dir: Path) -> L.Trainer:
     """A one-device Trainer of the same accelerator and precision, sharing the loggers of `trained`."""
     return instantiate(
         cfg.trainer,
@@ -181,7 +188,7 @@ def single_device_trainer(cfg: DictConfig, trained: L.Trainer) -> L.Trainer:
         num_nodes=1,
         strategy="auto",
         sync_batchnorm=False,
-        callbacks=[],
+        callbacks=[_bad_slide_callback(cfg, out_dir)],
         logger=trained.loggers or False,
     )
 
@@ -256,8 +263,12 @@ def evaluate_fold(
         num_workers=cfg.data.num_workers,
         seed=int(cfg.seed),
         allow_leakage=bool(cfg.get("allow_leakage", False)),
+        on_bad_slide=str(cfg.data.get("on_bad_slide", "skip")),
     )
     dm.setup()
+    ledger = BadSlideLedger(out_dir, f"setup-fold{fold}")
+    for sid, problem in dm.skipped.items():
+        ledger.add(sid, problem)
     label = label or run_label(cfg, task, dm)
     assert dm.labels is not None and dm.feature_dim is not None
     classes = list(dm.labels.classes)
@@ -302,7 +313,7 @@ def evaluate_fold(
         best = ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path else None
         # after distributed training, evaluate on one device: a DistributedSampler would pad the
         # val/test sets with repeated slides and bias every metric
-        evaluator = trainer if trainer.world_size == 1 else single_device_trainer(cfg, trainer)
+        evaluator = trainer if trainer.world_size == 1 else single_device_trainer(cfg, trainer, out_dir)
         has_val = len(dm.parts["val"]) > 0
         val = evaluator.validate(lit, datamodule=dm, ckpt_path=best, verbose=False) if has_val else []
         test = evaluator.test(lit, datamodule=dm, ckpt_path=best, verbose=False)

@@ -36,6 +36,7 @@ from torchmetrics.functional.classification import multiclass_auroc, multiclass_
 from torchmetrics.utilities import dim_zero_cat
 
 from wsisum.errors import InputError
+from wsisum.lit.bad_slides import empty_batch_loss, is_empty
 from wsisum.models.mil import MILModel, MILOutput
 
 METRICS = ("auroc", "balanced_accuracy", "f1_macro", "accuracy")
@@ -162,7 +163,9 @@ class MILClassifier(L.LightningModule):
             return ce
         return (1 - w) * ce + w * out.aux_loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        if is_empty(batch):  # every slide of the batch was bad input (recorded by BadSlideCallback)
+            return empty_batch_loss(self)
         out = self(batch, with_target=True)
         loss = self._loss(out, batch["target"])
         bs = len(batch["target"])
@@ -180,9 +183,12 @@ class MILClassifier(L.LightningModule):
         return probs
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        if not is_empty(batch):
+            self._eval_step(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if is_empty(batch):
+            return
         probs = self._eval_step(batch, "test")
         for sid, y, p in zip(batch["slide_id"], batch["target"].tolist(), probs.cpu().tolist()):
             self.test_predictions.append({"slide_id": sid, "target": y, "probs": p})

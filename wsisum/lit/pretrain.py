@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wsisum.lit.bad_slides import empty_batch_loss, is_empty
 from wsisum.models.summarizer import MaskedSummarizer, random_visible
 from wsisum.teachers.fusion import TeacherFusion
 
@@ -123,7 +124,9 @@ class SummarizerPretraining(L.LightningModule):
         cos = self.teacher_cosine(out["distill"], targets)
         return {"loss": loss, "loss_rec": rec, "loss_distill": distill, "teacher_cos": cos.mean()}
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor | None:
+        if is_empty(batch):  # every slide of the batch was bad input (recorded by BadSlideCallback)
+            return empty_batch_loss(self)
         m = self.step(batch)
         loss = m.pop("loss")
         bs = batch["features"].shape[0]
@@ -132,6 +135,8 @@ class SummarizerPretraining(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if is_empty(batch):
+            return
         # fixed masks for validation: the curve moves only because the model does
         gen = torch.Generator().manual_seed(int(self.hparams.seed) * 100_003 + batch_idx)
         m = self.step(batch, gen)

@@ -147,11 +147,13 @@ def summarize_cohort(
     overwrite: bool = False,
     progress: bool = True,
     trainer: Any = None,
+    stop_on_error: bool = False,
 ) -> RunReport:
     """Write one summary bag per slide under `out_dir`.
 
     `workers` > 0 uses that many CPU processes; a Lightning `trainer` (e.g. DDP over GPUs or nodes)
-    runs the slides through `trainer.predict` instead. Both write the same files.
+    runs the slides through `trainer.predict` instead. Both write the same files. A bad slide is
+    reported and the rest go on, unless `stop_on_error` (process path: the slides in flight finish).
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -181,6 +183,8 @@ def summarize_cohort(
             else:
                 report.failed[sid] = err
                 bar.console.print(f"[red]failed[/red] {err}")
+                if stop_on_error:
+                    break
             done = len(report.done) + len(report.failed)
             rate = done / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, advance=1, rate=f"{rate:.1f} slides/s")

@@ -1,0 +1,77 @@
+"""The record of slides a run skipped as bad input, shared by every process of the run.
+
+Each process appends to its own file under `<run dir>/bad_slides/` the moment it skips a slide, so
+the record survives a crash and reaches the launching process from spawned DDP workers and other
+nodes (a shared filesystem is all it needs). At the end the app merges them into `bad_slides.csv`,
+prints one line per slide and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from pathlib import Path
+
+from wsisum.data.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+LEDGER_DIR = "bad_slides"
+LEDGER_FILE = "bad_slides.csv"
+OnBadSlide = ("skip", "error")
+
+
+def check_on_bad(value: str) -> str:
+    if value not in OnBadSlide:
+        from wsisum.errors import InputError
+
+        raise InputError(None, f"on_bad_slide={value!r}: use one of {list(OnBadSlide)}")
+    return value
+
+
+class BadSlideLedger:
+    """Appends `slide_id<TAB>message` lines to `<run dir>/bad_slides/<process>.tsv`; each slide once."""
+
+    def __init__(self, run_dir: str | Path, process: str | None = None):
+        self.dir = Path(run_dir) / LEDGER_DIR
+        self.file = self.dir / f"{process or f'pid{os.getpid()}'}.tsv"
+        self.seen: dict[str, str] = {}
+
+    def add(self, slide_id: str, message: str) -> bool:
+        """Record a skipped slide; returns False when this process already recorded it."""
+        if slide_id in self.seen:
+            return False
+        self.seen[slide_id] = message
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.file, "a") as f:  # one short line per write: appends do not interleave
+            f.write(f"{slide_id}\t{' '.join(message.split())}\n")
+        log.warning("skipping slide %s: %s", slide_id, message)
+        return True
+
+
+def read_ledger(run_dir: str | Path) -> dict[str, str]:
+    """Every skipped slide of a run (all processes), slide id -> message, in slide-id order."""
+    found: dict[str, str] = {}
+    for path in sorted((Path(run_dir) / LEDGER_DIR).glob("*.tsv")):
+        for line in path.read_text().splitlines():
+            sid, _, message = line.partition("\t")
+            if sid:
+                found.setdefault(sid, message)
+    return dict(sorted(found.items()))
+
+
+def report_bad_slides(run_dir: str | Path, what: str) -> int:
+    """Write `bad_slides.csv` and print one line per skipped slide to stderr; returns their number."""
+    bad = read_ledger(run_dir)
+    if not bad:
+        return 0
+    with atomic_path(Path(run_dir) / LEDGER_FILE) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["slide_id", "problem"])
+        writer.writerows(bad.items())
+    print(f"{len(bad)} slide(s) skipped as bad input ({what} ran without them):", file=sys.stderr)
+    for message in bad.values():
+        print(f"  {message}", file=sys.stderr)
+    print(f"list: {Path(run_dir) / LEDGER_FILE}", file=sys.stderr, flush=True)
+    return len(bad)
