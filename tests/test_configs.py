@@ -73,6 +73,23 @@ def test_every_option_composes_in_its_app(app: str, group: str, option: str) -> 
     assert cfg[group] is not None
 
 
+LAUNCHERS = sorted(p.stem for p in (Path(CONFIG_DIR) / "hydra" / "launcher").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("app", ["summarize", "train", "evaluate"])
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_launcher_composes_and_instantiates(app: str, launcher: str, tmp_path: Path) -> None:
+    """`-m hydra/launcher=NAME` works in every sweeping app; instantiating resolves its interpolations."""
+    from hydra.plugins.launcher import Launcher
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(app, [*REQUIRED.get(app, []), f"hydra/launcher={launcher}"], tmp_path)
+    assert cfg.hydra.runtime.choices["hydra/launcher"] == launcher
+    assert isinstance(instantiate(cfg.hydra.launcher), Launcher)
+
+
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_composes(experiment: str) -> None:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -19,6 +19,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from tests.conftest import compose_config
 from wsisum.data.bags import read_bag, write_bag
+from wsisum.data.splits import write_split
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import aggregate, collect, markdown_table, plot_metric_vs_budget, write_aggregate
 from wsisum.evaluate.results import COLUMNS, RunLabel, find_metrics, read_metrics, rows_for_fold, write_metrics
@@ -429,3 +430,18 @@ def test_a_failed_job_does_not_stop_the_sweep_but_fails_it(tiny_cohort: Path, tm
 def test_write_aggregate_refuses_an_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"no metrics\.csv"):
         write_aggregate([tmp_path], tmp_path)
+
+
+def test_a_fold_without_val_slides_selects_on_train_loss(tiny_copy: Path, tmp_path: Path) -> None:
+    """Cohorts of a few slides leave val empty: the fold still trains, selects and tests (on train/loss)."""
+    split = tiny_copy / "splits" / "brca" / "splits_0.csv"
+    df = pd.read_csv(split, index_col=0)
+    moved = df["val"].dropna().tolist()
+    train = df["train"].dropna().tolist() + moved
+    write_split(split, train, [], df["test"].dropna().tolist())
+    result = _run_in_process(
+        tmp_path, [f"data.root={tiny_copy}", "task=syn_brca", "mil=meanpool", "folds=[0]", "trainer.max_epochs=2"]
+    )
+    values = {r["metric"]: r["value"] for r in result.rows}
+    assert values["n_val"] == 0 and values["n_train"] == len(train) and 0.0 <= values["test_auroc"] <= 1.0
+    assert list((tmp_path / "run" / "checkpoints" / "fold_0").glob("best-*.ckpt"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class InputError(ValueError):
@@ -12,3 +13,14 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = " ".join(str(problem).split())  # one line, whatever the cause printed
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
+
+
+def positive_int(value: Any, key: str) -> int:
+    """An option that must be a whole number >= 1 (e.g. `budget`), checked before any work starts."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise InputError(None, f"{key}={value} is not a positive whole number")
+    return number

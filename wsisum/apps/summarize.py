@@ -10,11 +10,14 @@ from omegaconf import DictConfig
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import check_on_bad
 from wsisum.data.cohort import Cohort
+from wsisum.errors import positive_int
 from wsisum.summarize.run import RunReport, summarize_cohort
 
 
 @report_input_errors
 def summarize(cfg: DictConfig) -> RunReport:
+    budget = positive_int(cfg.budget, "budget")
+    stop_on_error = check_on_bad(str(cfg.data.get("on_bad_slide", "skip"))) == "error"
     cohort = Cohort(cfg.data.root, cfg.data.datasets)
     sampler = hydra.utils.instantiate(cfg.sampler)
     trainer = None
@@ -23,13 +26,13 @@ def summarize(cfg: DictConfig) -> RunReport:
     report = summarize_cohort(
         cohort,
         sampler,
-        int(cfg.budget),
+        budget,
         cfg.out_dir,
         workers=int(cfg.workers),
         overwrite=bool(cfg.overwrite),
         progress=bool(cfg.progress),
         trainer=trainer,
-        stop_on_error=check_on_bad(str(cfg.data.get("on_bad_slide", "skip"))) == "error",
+        stop_on_error=stop_on_error,
     )
     if trainer is not None and not trainer.is_global_zero:
         return report  # rank 0 reports for everyone

@@ -14,6 +14,7 @@ from wsisum.apps._lightning import build_trainer, finish_loggers
 from wsisum.data.bad_slides import BadSlideLedger, report_bad_slides
 from wsisum.data.datamodules import PretrainDataModule
 from wsisum.data.embeddings import read_embedding
+from wsisum.errors import InputError
 from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.sampling.pool import PoolTransform
@@ -66,6 +67,21 @@ def build_module(cfg: DictConfig, dm: PretrainDataModule, out_dir: Path) -> Summ
     return module
 
 
+def resume_from(ckpt_path: str | None, out_dir: Path) -> str | None:
+    """`ckpt_path=auto`: this run dir's last.ckpt when there is one (a requeued or re-run job with a
+    pinned `hydra.run.dir` picks up where it died), else a fresh start. Any other value is a path."""
+    if ckpt_path != "auto":
+        if ckpt_path is not None and not Path(ckpt_path).is_file():
+            raise InputError(ckpt_path, "checkpoint to resume from not found")
+        return ckpt_path
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    log.info("no %s yet: starting from scratch", last)
+    return None
+
+
 @report_input_errors
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
@@ -84,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ledger.add(sid, problem)
     module = build_module(cfg, dm, out_dir)
     trainer = build_trainer(cfg, [BadSlideCallback(out_dir, cfg.data.on_bad_slide)])
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume_from(cfg.ckpt_path, out_dir))
     finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: %s", {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")})

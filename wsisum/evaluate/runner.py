@@ -28,12 +28,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wsisum.data.atomic import atomic_path
-from wsisum.data.bad_slides import BadSlideLedger
+from wsisum.data.bad_slides import BadSlideLedger, read_ledger
 from wsisum.data.bags import bag_info
 from wsisum.data.datamodules import ClassificationDataModule
 from wsisum.data.labels import _examples, read_labels
 from wsisum.data.splits import read_split, split_files
-from wsisum.errors import InputError
+from wsisum.errors import InputError, positive_int
 from wsisum.evaluate.results import FULL, METRICS_FILE, RunLabel, rows_for_fold, write_metrics
 from wsisum.evaluate.tasks import TaskSpec
 from wsisum.lit.bad_slides import BadSlideCallback
@@ -122,7 +122,7 @@ def run_label(cfg: DictConfig, task: TaskSpec, dm: ClassificationDataModule) -> 
     """What this run evaluates: sampler and budget come from the summary bags unless given."""
     mil = cfg.get("mil_name") or _choice("mil") or mil_name_of(str(cfg.mil._target_))
     sampler, budget = cfg.get("sampler_name"), cfg.get("budget")
-    budget = None if budget is None else int(budget)
+    budget = None if budget is None else positive_int(budget, "budget")
     if str(cfg.bags) == FULL:
         if budget is not None:
             raise InputError(None, f"budget={budget} applies to summary bags only (bags=DIR), not bags=full")
@@ -178,6 +178,18 @@ def build_trainer(cfg: DictConfig, fold: int, label: RunLabel, out_dir: Path) ->
 
 def _bad_slide_callback(cfg: DictConfig, out_dir: Path) -> BadSlideCallback:
     return BadSlideCallback(out_dir, str(cfg.data.get("on_bad_slide", "skip")))
+
+
+def _without_val_monitor(cfg: DictConfig, fold: int) -> DictConfig:
+    """A fold with an empty val partition (tiny cohorts) cannot select or stop on a val metric:
+    its checkpoint and early stopping follow train/loss instead, said once in the log."""
+    if not str(cfg.monitor).startswith("val/"):
+        return cfg
+    log.warning("fold %d: the val partition is empty; checkpoints and early stopping follow train/loss", fold)
+    fold_cfg = cfg.copy()
+    with open_dict(fold_cfg):
+        fold_cfg.monitor, fold_cfg.monitor_mode = "train/loss", "min"
+    return fold_cfg
 
 
 def single_device_trainer(cfg: DictConfig, trained: L.Trainer, out_dir: Path) -> L.Trainer:
@@ -290,7 +302,7 @@ def evaluate_fold(
     elif weighting is not None:
         weights = [float(w) for w in weighting]
     lit = MILClassifier(model, class_weights=weights, class_names=classes, **opts)
-    trainer = build_trainer(cfg, fold, label, out_dir)
+    trainer = build_trainer(_without_val_monitor(cfg, fold) if not len(dm.parts["val"]) else cfg, fold, label, out_dir)
     log.info(
         "fold %d: %s on %s bags (%s), %d train / %d val / %d test slides, %d classes, feature dim %d",
         fold,
@@ -320,6 +332,7 @@ def evaluate_fold(
     finally:
         _finish_wandb()
     cost = recover_cost(lit, trainer, dm)
+    bad = read_ledger(out_dir)
     _write_predictions(out_dir / "predictions" / f"fold_{fold}.csv", lit.test_predictions, classes)
     patches = cost.get("patches_per_bag") or []
     values: dict[str, float | int | None] = {
@@ -334,9 +347,8 @@ def evaluate_fold(
         "patches_per_bag_max": max(patches) if patches else None,
         "epochs": len(cost["epoch_times_s"]),
         "best_epoch": _best_epoch(best),
-        "n_train": len(dm.parts["train"]),
-        "n_val": len(dm.parts["val"]),
-        "n_test": len(dm.parts["test"]),
+        # slides that took part: a bag found bad only when read (e.g. NaN rows) is not counted
+        **{f"n_{part}": sum(s not in bad for s in dm.parts[part].slide_ids) for part in ("train", "val", "test")},
     }
     log.info(
         "fold %d: test AUROC %.3f, balanced accuracy %.3f, macro F1 %.3f (selected epoch %s)",
@@ -359,6 +371,8 @@ def run_evaluation(cfg: DictConfig) -> EvaluationResult:
     )
     if not Path(cfg.data.root).expanduser().is_dir():
         raise InputError(cfg.data.root, "cohort root not found (set data.root=DIR)")
+    if cfg.get("budget") is not None:
+        positive_int(cfg.budget, "budget")  # before any file is read
     folds = resolve_folds(cfg.get("folds"), task.splits_dir)
     # every requested split is checked (leakage, duplicates) before any fold trains
     labels = read_labels(task.labels, task.classes)

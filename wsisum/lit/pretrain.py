@@ -99,9 +99,10 @@ class SummarizerPretraining(L.LightningModule):
 
     # --- losses ------------------------------------------------------------------------------------------
     def _distill_loss(self, outputs: Mapping[str, Tensor], targets: Mapping[str, tuple[Tensor, Tensor]]) -> Tensor:
-        losses = []
+        losses, absent = [], []
         for name, (target, present) in targets.items():
             if not present.any():
+                absent.append(outputs[name])
                 continue
             pred = outputs[name].float()
             if self.hparams.distill_loss == "mse":
@@ -109,7 +110,12 @@ class SummarizerPretraining(L.LightningModule):
             else:
                 per_bag = 1.0 - F.cosine_similarity(pred, target, dim=-1)
             losses.append((per_bag * present).sum() / present.sum())
-        return torch.stack(losses).mean() if losses else outputs[next(iter(outputs))].sum() * 0.0
+        # a head whose teacher no slide of the batch has still joins the graph with a zero gradient:
+        # under DDP every rank must reduce a gradient for every parameter, or the others wait forever
+        unused = sum(o.float().sum() for o in absent) * 0.0 if absent else 0.0
+        if not losses:
+            return outputs[next(iter(outputs))].float().sum() * 0.0 + unused
+        return torch.stack(losses).mean() + unused
 
     def step(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         feats, mask = batch["features"].float(), batch["mask"]  # bags arrive in their stored dtype

@@ -24,6 +24,7 @@ from wsisum.summarize.run import RunReport, SlideJob, select_for_job
 from wsisum.summarize.writer import existing_conflict, write_summary
 
 OUTCOMES_DIR = ".wsisum_outcomes"  # per-rank jsonl of done/skipped/failed, merged by the launcher
+_RANK = {"skipped": 0, "done": 1, "failed": 2}  # which outcome wins when two ranks report one slide
 
 
 class JobDataset(Dataset):
@@ -118,7 +119,11 @@ def summarize_with_trainer(
     for p in sorted(outcome_dir.glob("*.jsonl")) if outcome_dir.exists() else []:
         for line in p.read_text().splitlines():
             rec = json.loads(line)
-            outcomes.setdefault(rec["slide_id"], rec)  # DistributedSampler may repeat a slide to even out ranks
+            # DistributedSampler repeats a slide or two to even out the ranks: the repeat finds the summary
+            # the other rank wrote and says "skipped"; what happened first (done / failed) is the outcome
+            prev = outcomes.get(rec["slide_id"])
+            if prev is None or _RANK[rec["status"]] > _RANK[prev["status"]]:
+                outcomes[rec["slide_id"]] = rec
     for job in jobs:
         rec = outcomes.get(job.slide_id)
         if rec is None:
