@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean install-gpu
+.PHONY: demo test test-slow lint format bench clean install-gpu
 
 # torch first, pinned: the CPU wheel of this release is what these machines carry; an unpinned torch
 # would pull a multi-GB CUDA build. On a GPU machine: `make install-gpu` adds CUDA faiss.
@@ -24,6 +24,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# the long tests (100k-patch slides, Optuna, DDP evaluation, TransMIL at 100k): CI runs them after `test`
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
 
 format: $(STAMP)
 	$(BIN)/ruff format .
