@@ -36,6 +36,7 @@ BAD_BAGS = {
 }
 BAD_TEACHER = ("dsB-001 (TITAN)", "TITAN/dsB-001.h5: teacher TITAN embedding has dim 13, the other slides' have 12")
 UNLABELLED = ("dsB-002", "slide 'dsB-002' has no label in")
+N_SLIDES = 24
 # the hand-made cohort's task, given on the command line as a user without a task YAML would
 TASK = ["task.name=task", "task.labels=labels/task.csv", "task.splits=splits/task", "task.datasets=null"]
 TASK += ["task.classes=[class0,class1]", "mil=meanpool", "threads=1"]
@@ -122,8 +123,12 @@ def test_summarize_names_each_bad_slide_and_does_the_rest(broken: Path, tmp_path
     assert read_bag(out / "dsA" / "dsA-006.h5").dim == 5
 
 
-def test_train_skips_each_bad_input_and_saves_the_model(broken: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(broken: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """wsisum-train on the broken cohort, once: its outcome and its run dir (whose checkpoint the
+    `wsisum` sampler test reuses)."""
+    cwd = tmp_path_factory.mktemp("train")
+    run = cwd / "run"
     r = _run(
         "train",
         f"data.root={broken}",
@@ -133,14 +138,46 @@ def test_train_skips_each_bad_input_and_saves_the_model(broken: Path, tmp_path: 
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
         f"hydra.run.dir={run}",
-        cwd=tmp_path,
+        cwd=cwd,
     )
+    return r, run
+
+
+def test_train_skips_each_bad_input_and_saves_the_model(trained) -> None:
+    r, run = trained
     assert r.returncode == 1, r.stderr[-4000:]
     _error_lines(r.stderr, [words for _, words in BAD_BAGS.values()] + [BAD_TEACHER[1]])
     assert "dsB-000" not in r.stderr  # a missing teacher is expected and masked, not an error
     assert (run / "checkpoints" / "last.ckpt").is_file()
     listed = pd.read_csv(run / "bad_slides.csv")
     assert sorted(listed.slide_id) == sorted([*BAD_BAGS, BAD_TEACHER[0]])
+
+
+def test_wsisum_sampler_names_slides_and_teachers_its_checkpoint_cannot_score(
+    broken: Path, trained, tmp_path: Path
+) -> None:
+    ckpt = trained[1] / "checkpoints" / "last.ckpt"
+    out = tmp_path / "summaries"
+    r = _run(
+        "summarize",
+        f"data.root={broken}",
+        "sampler=wsisum",
+        f"sampler.ckpt_path={ckpt}",
+        "sampler.n_candidates=8",
+        "sampler.refine_rounds=0",
+        "budget=3",
+        f"out_dir={out}",
+        "workers=0",
+        "progress=false",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 1
+    expected = [words for _, words in BAD_BAGS.values() if "feature dim" not in words]
+    expected += ["dsA-006.h5: feature dim 5 differs from the checkpoint's 8"]
+    expected += ["TITAN/dsB-001.h5: teacher TITAN embedding has dim 13, the checkpoint's has 12"]
+    _error_lines(r.stderr, expected)
+    assert "8 slide(s) failed:" in r.stderr
+    assert len(list(out.rglob("*.h5"))) == N_SLIDES - 8  # dsB-000 (no TITAN) scored on PRISM alone
 
 
 def test_evaluate_skips_each_bad_slide_and_writes_metrics(broken: Path, tmp_path: Path) -> None:

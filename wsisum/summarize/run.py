@@ -58,6 +58,7 @@ def select_for_job(job: SlideJob, sampler: Sampler, budget: int) -> tuple[Bag, S
     context = {}
     if sampler.needs_teachers:
         context["teachers"] = {t: (read_embedding(p) if p else None) for t, p in job.teacher_paths}
+        context["teacher_paths"] = dict(job.teacher_paths)  # to name a bad teacher file
     try:
         sel = sampler.select(bag.features, budget, slide_id=job.slide_id, coords=bag.coords, **context)
     except InputError as err:

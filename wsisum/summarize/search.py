@@ -165,6 +165,22 @@ def search(
     }
 
 
+def check_dims(
+    module: Any, features: np.ndarray, teachers: dict[str, Any], teacher_paths: dict[str, Any], ckpt_path: str
+) -> None:
+    """A slide from another encoder, or a teacher file of another model, cannot be scored by this
+    checkpoint: say which file and which dims, instead of a shape error deep inside the model."""
+    want = int(module.hparams.feature_dim)
+    if features.shape[1] != want:
+        raise InputError(None, f"feature dim {features.shape[1]} differs from the checkpoint's {want} ({ckpt_path})")
+    for t, emb in teachers.items():
+        dim = module.hparams.teacher_dims.get(t)
+        if emb is not None and dim is not None and emb.shape[0] != dim:
+            raise InputError(
+                teacher_paths.get(t), f"teacher {t} embedding has dim {emb.shape[0]}, the checkpoint's has {dim}"
+            )
+
+
 class WSISumSampler(Sampler):
     """The learned summarizer as a sampler: k-means pool from the full bag, then the search above."""
 
@@ -205,6 +221,7 @@ class WSISumSampler(Sampler):
         t0 = time.perf_counter()
         device = resolve_device(self.device)
         module = load_summarizer(self.ckpt_path, device)
+        check_dims(module, features, context.get("teachers") or {}, context.get("teacher_paths") or {}, self.ckpt_path)
         pool = PoolTransform(max(self.pool_size, budget), self.n_clusters, self.seed).pool_indices(
             slide_id, features, ""
         )
