@@ -201,6 +201,21 @@ def test_error_mode_stops_at_the_first_bad_slide(broken: Path, tmp_path: Path) -
     assert "dsB-002" in lines[0] and "no label" in lines[0]
 
 
+def test_a_split_listing_a_slide_twice_stops_evaluation_before_any_fold(broken: Path, tmp_path: Path) -> None:
+    split = broken / "splits" / "task" / "splits_1.csv"
+    df = pd.read_csv(broken / "splits" / "task" / "splits_0.csv", index_col=0)
+    train = df["train"].dropna().tolist()
+    write_split(split, [*train, train[3]], df["val"].dropna().tolist(), df["test"].dropna().tolist())
+    try:
+        r = _run("evaluate", f"data.root={broken}", *TASK, "folds=[0,1]", cwd=tmp_path)
+    finally:
+        split.unlink()
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith(f"error: {split}: ") and "listed twice in train" in lines[0] and train[3] in lines[0]
+    assert not list(tmp_path.rglob("*.ckpt"))  # refused before fold 0 trained
+
+
 @pytest.mark.parametrize(
     ("app", "override", "words"),
     [

@@ -72,11 +72,11 @@ def big_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("path", ["workers", "ddp"])
+@pytest.mark.parametrize("path", ["single", "workers", "ddp"])
 def test_summarize_killed_at_three_random_points_then_completes(big_cohort: Path, tmp_path: Path, path: str) -> None:
     rng = random.Random(f"{SEED}-{path}")
     out = tmp_path / "summ"
-    how = ["workers=2"] if path == "workers" else ["workers=0", "trainer=ddp_sim"]
+    how = {"single": ["workers=0"], "workers": ["workers=2"], "ddp": ["workers=0", "trainer=ddp_sim"]}[path]
     args = _cmd(
         "summarize", f"data.root={big_cohort}", "sampler=kmeans", "budget=32", f"out_dir={out}", "progress=false", *how
     )

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import make_cohort
 from wsisum.data.bags import read_bag
 from wsisum.data.cohort import Cohort
 from wsisum.sampling.samplers import EntropySampler, KMeansSampler, LocationSampler, RandomSampler
@@ -120,31 +116,6 @@ def test_cli_unknown_root_is_one_line(tmp_path: Path) -> None:
         and r.stderr.strip()
         == f"error: {tmp_path}/none: cohort root not found (expected h5_files/<dataset>/<slide_id>.h5)"
     )
-
-
-def test_kill_9_mid_run_then_resume(tmp_path: Path) -> None:
-    root = tmp_path / "cohort"
-    make_cohort(root, {"big": [4000] * 40}, dim=64, teachers={})
-    out = tmp_path / "summ"
-    args = _cli(f"data.root={root}", "sampler=kmeans", "budget=32", f"out_dir={out}", "workers=0")
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.rglob("*.h5"))) < 5:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    n_before = len(list(out.rglob("*.h5")))
-    assert 5 <= n_before < 40, "the run was not killed mid-way; make the cohort bigger"
-    for p in out.rglob("*.h5"):
-        read_bag(p)  # every finished file is complete and valid
-    r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert f"{40 - n_before} summarized, {n_before} already done" in r.stdout
-    files = sorted(out.rglob("*"))
-    assert not [p for p in files if p.name.startswith(".tmp-")]
-    assert len([p for p in files if p.suffix == ".h5"]) == 40
-    for p in out.rglob("*.h5"):
-        assert len(read_bag(p).extras["indices"]) == 32
 
 
 def test_ddp_path_writes_the_same_summaries(tmp_path: Path, small_cohort) -> None:
