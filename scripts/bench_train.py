@@ -16,23 +16,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from check_gpu import synthetic_batch  # scripts/ is on sys.path when a script runs
 from omegaconf import OmegaConf
 
 from wsisum.lit.pretrain import SummarizerPretraining
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHERS = {"TITAN": 768, "CHIEF": 768, "PRISM": 1280}
-
-
-def batch(b: int, n: int, d: int, device: torch.device) -> dict:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "features": torch.randn(b, n, d, generator=g).to(device),
-        "mask": torch.ones(b, n, dtype=torch.bool, device=device),
-        "pos": (torch.rand(b, n, 2, generator=g) * 100).to(device),
-        "teachers": {t: torch.randn(b, dd, generator=g).to(device) for t, dd in TEACHERS.items()},
-        "teacher_present": {t: torch.ones(b, dtype=torch.bool, device=device) for t in TEACHERS},
-    }
 
 
 def peak_mb(device: torch.device) -> float:
@@ -45,7 +35,7 @@ def run(model_cfg: dict, attention: str, args, device: torch.device, bf16: bool)
     torch.manual_seed(0)
     module = SummarizerPretraining(args.dim, TEACHERS, model=model_cfg | {"attention": attention}).to(device)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    data = batch(args.batch, args.pool, args.dim, device)
+    data = synthetic_batch(args.batch, args.pool, args.dim, TEACHERS, str(device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 

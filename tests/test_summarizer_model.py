@@ -71,3 +71,19 @@ def test_sincos_positions_distinguish_neighbours() -> None:
     assert enc.shape == (4, 32)
     d = torch.cdist(enc, enc)
     assert (d[np.triu_indices(4, 1)] > 0.1).all()
+
+
+def test_bf16_autocast_forward_and_backward() -> None:
+    """What trainer=gpu / ddp run (precision bf16-mixed): the decoder's scatter must see one dtype, and
+    every parameter, the mask token included, gets a finite gradient. CPU autocast takes the same path."""
+    torch.manual_seed(0)
+    model = MaskedSummarizer(12, {"TITAN": 7}, **SMALL)
+    x, mask, pos = _batch()
+    vis = random_visible(mask, 0.75, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, mask, pos, vis)
+        loss = out["reconstruction"].float().pow(2).mean() + out["distill"]["TITAN"].float().pow(2).mean()
+    loss.backward()
+    assert out["reconstruction"].dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())

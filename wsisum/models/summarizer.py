@@ -165,7 +165,9 @@ class MaskedSummarizer(nn.Module):
             return out
         b, n, _ = features.shape
         dec_vis = self.decoder_embed(enc)
-        full = self.mask_token.expand(b, n, -1).clone()
+        # the mask token in the decoder's compute dtype: under bf16 autocast `dec_vis` is bf16 and
+        # scatter_ needs one dtype (the cast keeps the token's gradient)
+        full = self.mask_token.to(dec_vis.dtype).expand(b, n, -1).clone()
         # scatter encoded visible tokens back to their positions (padding rows of `order` are dropped)
         scatter_idx = torch.where(vis_valid, order, torch.full_like(order, n))
         full = torch.cat([full, full[:, :1]], dim=1)
