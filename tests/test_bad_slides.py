@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,26 @@ def test_dataset_reads_of_a_nan_bag_become_a_marker(tmp_path: Path) -> None:
     write_bag(tmp_path / "n.h5", feats)
     item = BagDataset([tmp_path / "n.h5"], ["n"])[0]
     assert item["slide_id"] == "n" and "n.h5: 'features' has non-finite values" in item["error"]
+
+
+def test_values_are_scanned_once_per_unchanged_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NaN/Inf scan costs as much as the read: once per file and process, again only if it changes."""
+    import wsisum.data.bags as bags
+    from wsisum.data.bags import write_bag
+    from wsisum.data.datasets import BagDataset
+
+    scans = []
+    real = bags.check_finite
+    monkeypatch.setattr(bags, "check_finite", lambda *a: scans.append(a[1]) or real(*a))
+    path = tmp_path / "a.h5"
+    write_bag(path, np.ones((3, 4), np.float32), np.zeros((3, 2), np.int64))
+    ds = BagDataset([path], ["a"])
+    for _ in range(3):
+        assert "error" not in ds[0]
+    assert scans == ["features", "coords"]  # the first epoch only
+    feats = np.ones((3, 4), np.float32)
+    feats[2, 0] = np.inf
+    write_bag(path, feats, np.zeros((3, 2), np.int64))  # replaced (new mtime): scanned again
+    os.utime(path, ns=(1, 1))  # even with a clock too coarse to tell the writes apart
+    assert "non-finite values" in ds[0]["error"]
+    assert "non-finite values" in ds[0]["error"]  # a bad file is never remembered as checked

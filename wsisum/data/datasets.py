@@ -7,6 +7,7 @@ Opening per item costs ~0.1 ms, negligible next to reading a bag.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,9 @@ class BagDataset(Dataset):
         self.targets = None if targets is None else [int(t) for t in targets]
         self.check_values = check_values
         self.transform = transform
+        # (path, mtime, size) of bags whose values this process already checked: the NaN/Inf scan costs
+        # as much as reading a float16 bag, and an unchanged file need not be scanned every epoch
+        self._checked: set[tuple[str, int, int]] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -75,7 +79,16 @@ class BagDataset(Dataset):
 
     def _item(self, i: int) -> Item:
         """Item i before the transform; subclasses add their fields here."""
-        item = bag_item(self.paths[i], self.slide_ids[i], check_values=self.check_values)
+        key = None
+        if self.check_values:
+            try:
+                st = os.stat(self.paths[i])
+                key = (self.paths[i], st.st_mtime_ns, st.st_size)
+            except OSError:
+                key = None  # read_bag names the problem
+        item = bag_item(self.paths[i], self.slide_ids[i], check_values=key is None or key not in self._checked)
+        if key is not None:
+            self._checked.add(key)
         if self.targets is not None:
             item["target"] = self.targets[i]
         return item
