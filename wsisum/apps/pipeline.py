@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
-from wsisum.data.bad_slides import LEDGER_FILE, read_ledger
+from wsisum.data.bad_slides import LEDGER_FILE, runs_with_bad_slides
 from wsisum.study import Study, compose_stage, console, remove
 
 log = logging.getLogger(__name__)
@@ -186,10 +186,10 @@ def pipeline(cfg: DictConfig) -> Study:
     failed = [k for k, r in study.results.items() if r.status == "failed"]
     if failed:
         print(f"{len(failed)} stage(s) failed: {', '.join(failed)}", file=sys.stderr)
-    partial = sorted(study.run_dir.rglob(LEDGER_FILE))  # stages that ran without some bad slides
-    for path in partial:
-        stage = path.parent.relative_to(study.run_dir)
-        print(f"stage {stage} skipped {len(read_ledger(path.parent))} bad slide(s), listed in {path}", file=sys.stderr)
+    partial = runs_with_bad_slides(study.run_dir, f"**/{LEDGER_FILE}")  # stages that ran without some slides
+    for stage, n in partial:
+        name = stage.relative_to(study.run_dir)
+        print(f"stage {name} skipped {n} bad slide(s), listed in {stage / LEDGER_FILE}", file=sys.stderr)
     if failed or partial:
         raise SystemExit(1)
     return study

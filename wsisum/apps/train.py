@@ -13,7 +13,6 @@ from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.apps._lightning import build_trainer, finish_loggers
 from wsisum.data.bad_slides import BadSlideLedger, report_bad_slides
 from wsisum.data.datamodules import PretrainDataModule
-from wsisum.data.embeddings import read_embedding
 from wsisum.errors import InputError
 from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.pretrain import SummarizerPretraining
@@ -50,7 +49,7 @@ def build_datamodule(cfg: DictConfig) -> PretrainDataModule:
 def build_module(cfg: DictConfig, dm: PretrainDataModule, out_dir: Path) -> SummarizerPretraining:
     """Fit the teacher fusion on the training slides, save it as .npz, and build the module."""
     train = dm.parts["train"]
-    embeddings = {t: [read_embedding(p) if p else None for p in ps] for t, ps in train.teacher_paths.items()}
+    embeddings = {t: [dm.embeddings[p] if p else None for p in ps] for t, ps in train.teacher_paths.items()}
     fusion = fit_fusion(embeddings, mode=cfg.fusion.mode, out_dim=cfg.fusion.out_dim or 768)
     fusion.save(out_dir / FUSION_FILE)
     module = SummarizerPretraining(
@@ -95,9 +94,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         dm.feature_dim,
         dm.teacher_dims,
     )
-    ledger = BadSlideLedger(out_dir, "setup")
-    for sid, problem in dm.skipped.items():
-        ledger.add(sid, problem)
+    BadSlideLedger(out_dir, "setup").add_all(dm.skipped)
     module = build_module(cfg, dm, out_dir)
     trainer = build_trainer(cfg, [BadSlideCallback(out_dir, cfg.data.on_bad_slide)])
     trainer.fit(module, datamodule=dm, ckpt_path=resume_from(cfg.ckpt_path, out_dir))

@@ -13,20 +13,20 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Literal, get_args
 
 from wsisum.data.atomic import atomic_path
+from wsisum.errors import InputError
 
 log = logging.getLogger(__name__)
 LEDGER_DIR = "bad_slides"
 LEDGER_FILE = "bad_slides.csv"
-OnBadSlide = ("skip", "error")
+OnBadSlide = Literal["skip", "error"]  # data.on_bad_slide: report and go on, or stop at the first
 
 
 def check_on_bad(value: str) -> str:
-    if value not in OnBadSlide:
-        from wsisum.errors import InputError
-
-        raise InputError(None, f"on_bad_slide={value!r}: use one of {list(OnBadSlide)}")
+    if value not in get_args(OnBadSlide):
+        raise InputError(None, f"on_bad_slide={value!r}: use one of {list(get_args(OnBadSlide))}")
     return value
 
 
@@ -49,6 +49,11 @@ class BadSlideLedger:
         log.warning("skipping slide %s: %s", slide_id, message)
         return True
 
+    def add_all(self, skipped: dict[str, str]) -> None:
+        """Record what a DataModule's setup left out (its `skipped`)."""
+        for slide_id, message in skipped.items():
+            self.add(slide_id, message)
+
 
 def read_ledger(run_dir: str | Path) -> dict[str, str]:
     """Every skipped slide of a run (all processes), slide id -> message, in slide-id order."""
@@ -59,6 +64,14 @@ def read_ledger(run_dir: str | Path) -> dict[str, str]:
             if sid:
                 found.setdefault(sid, message)
     return dict(sorted(found.items()))
+
+
+def runs_with_bad_slides(root: str | Path, pattern: str = f"*/{LEDGER_FILE}") -> list[tuple[Path, int]]:
+    """(run dir, how many slides it skipped) for each run under `root` that skipped any (sweep jobs,
+    pipeline stages), so a sweep or a study can fail loudly at its end."""
+    root = Path(root)
+    found = sorted(root.glob(pattern)) if root.is_dir() else []
+    return [(p.parent, len(read_ledger(p.parent))) for p in found]
 
 
 def report_bad_slides(run_dir: str | Path, what: str) -> int:

@@ -13,12 +13,14 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from wsisum.data.bad_slides import OnBadSlide
 from wsisum.data.bags import bag_info
 from wsisum.data.cohort import Cohort
 from wsisum.data.datasets import BagDataset, Item, TeacherBagDataset, collate_bags
@@ -28,7 +30,7 @@ from wsisum.data.splits import PARTS, Split, read_split
 from wsisum.errors import InputError
 
 log = logging.getLogger(__name__)
-OnBad = Literal["error", "skip"]
+OnBad = OnBadSlide
 
 
 def scan_bags(
@@ -71,50 +73,52 @@ def scan_bags(
 
 def scan_teachers(
     cohort: Cohort, slide_ids: Sequence[str], teachers: Sequence[str], on_bad: OnBad = "error"
-) -> tuple[dict[str, list[Path | None]], dict[str, int], dict[str, str]]:
+) -> tuple[dict[str, list[Path | None]], dict[str, int], dict[str, str], dict[Path, np.ndarray]]:
     """Find and read every slide's teacher embeddings; return ({teacher: path or None per slide},
-    {teacher: dim}, {"<slide> (<teacher>)": problem}).
+    {teacher: dim}, {"<slide> (<teacher>)": problem}, {path: embedding} of the usable files).
 
     A missing file is expected (masked in the loss). An unreadable one or one whose dim differs from
-    the teacher's usual dim is bad input: reported and masked like a missing one (or raised).
+    the teacher's usual dim is bad input: reported and masked like a missing one (or raised). The
+    embeddings read here are returned, so fitting the teacher fusion need not read them again.
     """
     paths: dict[str, list[Path | None]] = {}
     dims: dict[str, int] = {}
     bad: dict[str, str] = {}
+    loaded: dict[Path, np.ndarray] = {}
     for t in teachers:
-        shapes: list[int | None] = []
+        found: list[tuple[str, Path, np.ndarray | None]] = []
         for sid in slide_ids:
             p = cohort.embedding_path(sid, t)
-            if not p.is_file() and not p.is_symlink():
-                shapes.append(None)
-                continue
-            try:
-                shapes.append(int(read_embedding(p).shape[0]))
-            except InputError as err:
-                if on_bad == "error":
-                    raise
-                bad[f"{sid} ({t})"] = str(err)
-                shapes.append(None)
-        present = Counter(d for d in shapes if d is not None)
+            emb = None
+            if p.is_file() or p.is_symlink():
+                try:
+                    emb = read_embedding(p)
+                except InputError as err:
+                    if on_bad == "error":
+                        raise
+                    bad[f"{sid} ({t})"] = str(err)
+            found.append((sid, p, emb))
+        present = Counter(int(emb.shape[0]) for _, _, emb in found if emb is not None)
         if not present:
             raise InputError(cohort.embeddings_dir(cohort.datasets[0]) / t, f"no readable embedding for teacher {t}")
         dims[t] = dim = present.most_common(1)[0][0]
         paths[t] = []
-        for sid, d in zip(slide_ids, shapes):
-            p = cohort.embedding_path(sid, t)
-            if d is not None and d != dim:
-                err = InputError(p, f"teacher {t} embedding has dim {d}, the other slides' have {dim}")
+        for sid, p, emb in found:
+            if emb is not None and emb.shape[0] != dim:
+                err = InputError(p, f"teacher {t} embedding has dim {emb.shape[0]}, the other slides' have {dim}")
                 if on_bad == "error":
                     raise err
                 bad[f"{sid} ({t})"] = str(err)
-                d = None
-            paths[t].append(p if d is not None else None)
+                emb = None
+            paths[t].append(None if emb is None else p)
+            if emb is not None:
+                loaded[p] = emb
         n_missing = sum(p is None for p in paths[t])
         if n_missing:
             log.warning(
                 "teacher %s: %d of %d slides lack a usable embedding (masked in the loss)", t, n_missing, len(slide_ids)
             )
-    return paths, dims, bad
+    return paths, dims, bad, loaded
 
 
 def _loader(
@@ -266,6 +270,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.feature_dim: int | None = None
         self.parts: dict[str, TeacherBagDataset] = {}
         self.skipped: dict[str, str] = {}  # slide id (or "slide (teacher)") -> problem, left out as bad input
+        self.embeddings: dict[Path, np.ndarray] = {}  # every usable teacher embedding, read once at setup
 
     def setup(self, stage: str | None = None) -> None:
         if self.parts:
@@ -276,7 +281,9 @@ class PretrainDataModule(L.LightningDataModule):
             raise InputError(cohort.root / "slide_embeddings", "no teacher embeddings found")
         ids = [s for s in cohort.slide_ids() if s not in self.exclude]
         ids, self.feature_dim, self.skipped = scan_bags(cohort, ids, self.on_bad_slide)
-        paths, self.teacher_dims, bad_teachers = scan_teachers(cohort, ids, teachers, self.on_bad_slide)
+        paths, self.teacher_dims, bad_teachers, self.embeddings = scan_teachers(
+            cohort, ids, teachers, self.on_bad_slide
+        )
         self.skipped |= bad_teachers
         in_val = [_in_val(s, self.seed, self.val_fraction) for s in ids]
         for part, want in (("train", False), ("val", True)):

@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from wsisum.data.bad_slides import LEDGER_FILE, read_ledger
+from wsisum.data.bad_slides import LEDGER_FILE, runs_with_bad_slides
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import write_aggregate
 
@@ -54,10 +54,9 @@ class AggregateMetrics(Callback):
             log.info("aggregate: %s", path)
         if written:
             print(f"aggregate of the sweep: {written['markdown']}", flush=True)
-        partial = sorted(sweep_dir.glob(f"*/{LEDGER_FILE}")) if sweep_dir.is_dir() else []
-        for path in partial:
-            n = len(read_ledger(path.parent))
-            print(f"error: job {path.parent.name} skipped {n} bad slide(s), listed in {path}", file=sys.stderr)
+        partial = runs_with_bad_slides(sweep_dir)
+        for job, n in partial:
+            print(f"error: job {job.name} skipped {n} bad slide(s), listed in {job / LEDGER_FILE}", file=sys.stderr)
         if failed:
             for job, msg in failed:
                 print(f"error: job {job.name} failed: {msg}", file=sys.stderr, flush=True)

@@ -278,9 +278,7 @@ def evaluate_fold(
         on_bad_slide=str(cfg.data.get("on_bad_slide", "skip")),
     )
     dm.setup()
-    ledger = BadSlideLedger(out_dir, f"setup-fold{fold}")
-    for sid, problem in dm.skipped.items():
-        ledger.add(sid, problem)
+    BadSlideLedger(out_dir, f"setup-fold{fold}").add_all(dm.skipped)
     label = label or run_label(cfg, task, dm)
     assert dm.labels is not None and dm.feature_dim is not None
     classes = list(dm.labels.classes)
