@@ -113,8 +113,8 @@ class SummarizerPretraining(L.LightningModule):
         # a head whose teacher no slide of the batch has still joins the graph with a zero gradient:
         # under DDP every rank must reduce a gradient for every parameter, or the others wait forever
         unused = sum(o.float().sum() for o in absent) * 0.0 if absent else 0.0
-        if not losses:
-            return outputs[next(iter(outputs))].float().sum() * 0.0 + unused
+        if not losses:  # no teacher in the whole batch: every head is in `absent`, the loss is that zero
+            return unused
         return torch.stack(losses).mean() + unused
 
     def step(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
