@@ -1,7 +1,14 @@
-"""Summary search speed: the original's one-candidate-per-forward loop versus batched scoring.
+"""Summary search speed: the original's one-candidate-per-forward loop versus batched scoring,
+and the default selection (`guided`) versus that loop.
 
     python scripts/bench_summarize.py [--models small base] [--candidates 1024] [--ckpt CKPT]
+    python scripts/bench_summarize.py --selection-only --models base --candidates 1000
     python scripts/bench_summarize.py --large     # + slides/s and peak memory end to end on `large`
+
+Selection: on a clustered 500-patch pool with a 3-patch rare cluster, the original loop (one full
+MAE forward per random candidate, M candidates) and `sampler=wsisum`'s default guided selection are
+scored by the same objective (teacher cosine + pool coverage); printed: seconds per slide, the
+speed-up, and the best score each reaches.
 
 For each model, the same pool (500 patches, D=768) and the same M candidate subsets (63 patches)
 are scored three ways: (a) reference-style, as the original code: one candidate per forward through
@@ -23,6 +30,7 @@ from omegaconf import OmegaConf
 
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.summarize.search import CandidateScorer, random_candidates
+from wsisum.summarize.selection import SummaryObjective, cosine_matrix, guided_search, random_completions
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHERS = {"TITAN": 768, "CHIEF": 768, "PRISM": 1280}
@@ -90,6 +98,56 @@ def bench_model(model: str, args, device: torch.device) -> None:
     print(f"same best candidate in all three: {same}; max |score difference| {np.abs(ref - batched).max():.2e}")
 
 
+def clustered_pool(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """A pool with a few big morphologies and one 3-patch rare cluster (a slide, not white noise)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1.0, (6, dim))
+    labels = rng.choice(5, n, p=[0.4, 0.25, 0.15, 0.12, 0.08])
+    labels[:3] = 5
+    return torch.from_numpy((means[labels] + rng.normal(0, 0.5, (n, dim))).astype(np.float32))
+
+
+def bench_selection(model: str, args, device: torch.device) -> None:
+    module = build(model, args.ckpt, device)
+    feats, pos = (
+        clustered_pool(args.pool, 768),
+        torch.rand(args.pool, 2, generator=torch.Generator().manual_seed(0)) * 40,
+    )
+    scorer = CandidateScorer(module, feats, pos, device)
+    scorer.set_teacher_target(
+        {t: np.random.default_rng(1).normal(size=d).astype(np.float32) for t, d in TEACHERS.items()}
+    )
+    sim = cosine_matrix(feats.numpy())
+    coverage = SummaryObjective(sim, None, teacher_weight=0.0)  # the patch-level term, for the reference
+    cfg = OmegaConf.load(REPO / "configs" / "sampler" / "wsisum.yaml")
+    quota = np.arange(round(float(cfg.summary_quota) * args.keep))  # stands in for the rare order's prefix
+    cands = random_completions(np.random.default_rng(0), args.candidates, args.pool, quota, args.keep)
+    ref, t_ref = timed(lambda: reference_scores(module, scorer, cands) + coverage(cands))
+    objective = SummaryObjective(sim, scorer, float(cfg.teacher_weight), float(cfg.coverage_weight))
+    res, t_new = timed(
+        lambda: guided_search(
+            objective,
+            sim,
+            args.keep,
+            quota,
+            np.random.default_rng(0),
+            int(cfg.n_random),
+            int(cfg.refine_rounds),
+            int(cfg.refine_batch),
+        )
+    )
+    print(f"\nselection, model={model}, {args.keep} of {args.pool}, device={device}, threads={torch.get_num_threads()}")
+    print(f"{'method':<58}{'s/slide':>9}{'speed-up':>10}{'candidates':>12}   best score")
+    print(
+        f"{'original loop: 1 full-MAE forward per random candidate':<58}{t_ref:>9.2f}{1.0:>9.1f}x{len(cands):>12}   {ref.max():.4f}"
+    )
+    print(
+        f"{'wsisum default: quota + facility location + swaps (batched)':<58}{t_new:>9.3f}{t_ref / t_new:>9.1f}x"
+        f"{res['n_scored']:>12}   {res['score']:.4f}"
+    )
+    print(f"guided >= original best: {res['score'] >= ref.max()}")
+
+
 def bench_large(args) -> None:
     """End to end on the `large` preset: pool k-means + search per slide, with its peak memory."""
     from wsisum.apps._app import compose_app_config
@@ -141,11 +199,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--ckpt", default=None)
     ap.add_argument("--large", action="store_true")
+    ap.add_argument("--selection-only", action="store_true", help="only the guided-selection comparison")
     ap.add_argument("--large-root", default=str(REPO / "outputs" / "cohorts" / "large"))
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for model in args.models:
-        bench_model(model, args, device)
+        if not args.selection_only:
+            bench_model(model, args, device)
+        bench_selection(model, args, device)
     if args.large:
         bench_large(args)
 

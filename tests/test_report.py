@@ -212,7 +212,103 @@ def test_results_table_is_mean_and_std_over_folds(built: dict[str, Path], study_
             v = df.loc[df["metric"] == metric, "value"].dropna().to_numpy()
             assert len(v) >= 2
             assert row[col[header]] == f"{v.mean():.3f} ± {v.std(ddof=1):.3f}", (task, sampler, budget, metric)
-        assert row[col["folds"]] == str(df["fold"].nunique())
+        assert row[col["replicates"]] == str(df["fold"].nunique())  # one seed: a replicate per fold
+
+
+def test_paired_sections_come_first_without_wsisum(built: dict[str, Path], study_run: Path) -> None:
+    """No `wsisum` in this run: the winner matrix says so; retention against the full bags is there."""
+    md = built["markdown"].read_text()
+    assert md.index("## wsisum vs every baseline") < md.index("## Retention of the full-bag result")
+    assert md.index("## Retention of the full-bag result") < md.index("## Results")
+    assert "No `wsisum` results in this run" in md and "## Ablation" not in md
+    assert "paired" not in built and not (study_run / "report" / "paired.csv").exists()
+    ret = pd.read_csv(built["retention"])
+    assert set(zip(ret["sampler"], ret["budget"])) == set(SETS) and (ret["n_pairs"] == 3).all()
+    _, rows = _md_table(md, "task", "budget 16")
+    assert len(rows) == len(TASKS) * len({s for s, _ in SETS})
+
+
+def _paired_results(seeds: tuple[int, ...] = (0, 1), folds: int = 3) -> pd.DataFrame:
+    """Tidy results of 2 tasks where wsisum clearly beats random, ties kmeans, and its ablation loses."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for task in ("t1", "t2"):
+        for fold in range(folds):
+            for seed in seeds:
+                full = 0.9 + 0.03 * fold + rng.normal(0, 0.005)
+                vals = {("full", None): full}
+                for b in (16, 64):
+                    ws = full - 0.01 + rng.normal(0, 0.002)
+                    vals |= {
+                        ("wsisum", b): ws,
+                        ("random", b): ws - 0.08 + rng.normal(0, 0.01),
+                        ("kmeans", b): ws + (0.004 if (fold + seed) % 2 else -0.004),
+                        ("wsisum-noquota", b): ws - 0.03 + rng.normal(0, 0.005),
+                    }
+                for (sampler, budget), v in vals.items():
+                    rows.append(
+                        dict(task=task, sampler=sampler, budget=budget, mil="abmil", fold=fold, seed=seed,
+                             metric="test_auroc", value=v)
+                    )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_report_leads_with_winner_matrix_retention_and_ablation(tmp_path: Path) -> None:
+    from wsisum.evaluate import paired
+    from wsisum.evaluate.aggregate import collect
+    from wsisum.report.tables import RETAINED, VERDICT_STYLES, paired_cell
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _paired_results().to_csv(run / "results.csv", index=False)
+    written = build_report(run, heatmap_slides=0)
+    md, html = written["markdown"].read_text(), written["html"].read_text()
+    order = ["## wsisum vs every baseline", "## Retention of the full-bag result", "## Ablation", "## Results"]
+    assert [md.index(h) for h in order] == sorted(md.index(h) for h in order)
+    df = collect([run / "results.csv"])
+    expected = paired.winner_matrix(df)
+    pd.testing.assert_frame_equal(pd.read_csv(written["paired"]), pd.read_csv(run / "report" / "paired.csv"))
+    assert set(expected["baseline"]) == {"kmeans", "random"} and len(expected) == 2 * 2 * 2
+    assert set(expected.loc[expected["baseline"] == "random", "verdict"]) == {"win"}
+    assert set(expected.loc[expected["baseline"] == "kmeans", "verdict"]) == {"tie"}
+    n_pairs = 3 * 2  # 3 folds x 2 seeds
+    assert (expected["n_pairs"] == n_pairs).all()
+    assert f"Each cell pairs {n_pairs} (fold, seed) replicates" in md
+    assert "bootstrap" in md and "over the paired (fold, seed) replicates" in md
+    fig = written["paired_difference_vs_budget"]
+    assert _is_png(fig.read_bytes()) and f"](figures/{fig.name})" in md
+    assert md.index(fig.name) < md.index("## Retention of the full-bag result")
+    head, rows = _md_table(md, "task", "random")
+    assert head == ["task", "mil", "budget", "kmeans", "random"]
+    for r in expected.to_dict("records"):
+        row = next(x for x in rows if x[0] == r["task"] and x[2] == str(r["budget"]))
+        cell = paired_cell(r)
+        assert row[head.index(r["baseline"])] == cell
+        assert re.match(r"[▲=] (win|tie) [+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \d+/\d+$", cell)
+        if r["verdict"] == "win":
+            assert f'style="{VERDICT_STYLES["win"]}">{cell}</td>' in html
+    # retention: bold where the mean keeps >= 0.98 of the full-bag AUROC
+    ret = pd.read_csv(written["retention"])
+    assert len(ret) == 2 * 4 * 2
+    for r in ret.to_dict("records"):
+        cell = f"{r['retention']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        assert (f"**{cell}**" in md) == (r["retention"] >= RETAINED), r
+    assert (ret.loc[ret["sampler"] == "random", "retention"] < RETAINED).all()
+    assert (ret.loc[ret["sampler"] == "wsisum", "retention"] >= RETAINED).all()
+    # ablation: the variant against wsisum, a loss everywhere
+    ab = pd.read_csv(written["ablation"])
+    assert set(ab["candidate"]) == {"wsisum-noquota"} and set(ab["verdict"]) == {"loss"}
+    head, rows = _md_table(md, "task", "wsisum-noquota")
+    assert all(row[3].startswith("▼ loss -0.0") for row in rows) and len(rows) == 4
+    # the results table still shows mean ± std over the replicates
+    head, rows = _md_table(md, "task", "AUROC")
+    assert {r[head.index("replicates")] for r in rows} == {"6"}
+    # without the ablation variants, the next report drops their section and CSV
+    res = pd.read_csv(run / "results.csv")
+    res[~res["sampler"].str.startswith("wsisum-")].to_csv(run / "results.csv", index=False)
+    written = build_report(run, heatmap_slides=0)
+    assert "ablation" not in written and not (run / "report" / "ablation.csv").exists()
+    assert "## Ablation" not in written["markdown"].read_text()
 
 
 def test_cost_tables_match_files_and_metrics(built: dict[str, Path], study_run: Path, tiny_cohort: Path) -> None:

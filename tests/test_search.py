@@ -67,7 +67,9 @@ def _scorer(root: Path, ckpt: Path, sid: str = "dsA-000") -> tuple[CandidateScor
 
 def test_best_at_least_first_on_every_slide(tmp_path: Path, trained) -> None:
     root, ckpt = trained
-    sampler = WSISumSampler(str(ckpt), n_candidates=256, batch_size=64, refine_rounds=3, refine_batch=32)
+    sampler = WSISumSampler(
+        str(ckpt), selection="random", n_candidates=256, batch_size=64, refine_rounds=3, refine_batch=32
+    )
     report = summarize_cohort(Cohort(root), sampler, 16, tmp_path / "s", progress=False)
     assert report.ok, report.failed
     gains = []

@@ -42,16 +42,20 @@ def stage_cohort(study: Study, cfg: DictConfig, root: Path) -> list[str]:
     return ["cohort"]
 
 
-def stage_train(study: Study, cfg: DictConfig, root: Path, upstream: list[str]) -> Path:
+def stage_train(study: Study, cfg: DictConfig, root: Path, upstream: list[str], variant: str | None = None) -> Path:
+    """Pretrain the study's summarizer (or, for an ablation variant with `train_overrides`, its own one)."""
     from wsisum.apps.train import train
 
-    train_dir = study.run_dir / "train"
+    key = "train" if variant is None else f"train/{variant}"
+    train_dir = study.run_dir / key
+    extra = [] if variant is None else list(cfg.summarize.variants[variant].get("train_overrides") or [])
     overrides = [
         f"data.root={root}",
         f"paths.output_dir={train_dir}",
         f"pool.cache_dir={study.run_dir / 'cache' / 'clusters'}",
         f"seed={cfg.seed}",
         *cfg.train.overrides,
+        *extra,
     ]
     tcfg = compose_stage("train", overrides)
     recipe_file = train_dir / "recipe.json"
@@ -68,22 +72,49 @@ def stage_train(study: Study, cfg: DictConfig, root: Path, upstream: list[str]) 
         recipe_file.write_text(json.dumps({"fingerprint": fp}))
         train(run_cfg)
 
-    study.run("train", tcfg, run, upstream, outputs=[train_dir / "checkpoints" / "last.ckpt"], clean=remove(train_dir))
+    study.run(key, tcfg, run, upstream, outputs=[train_dir / "checkpoints" / "last.ckpt"], clean=remove(train_dir))
     return _best_checkpoint(train_dir)
+
+
+def summary_recipes(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
+    """(label, sampler config, overrides) for every sampler and every ablation variant of the study.
+
+    A variant (`summarize.variants.<name>`) is a sampler config plus overrides, labelled `<name>`
+    in its summaries and metrics, so the report can pair it with the sampler it ablates; with
+    `train_overrides` it also gets its own pretrained summarizer (e.g. without budget-aware masks).
+    """
+    out = [(s, s, list(cfg.summarize.overrides.get(s) or [])) for s in cfg.summarize.samplers]
+    variants = cfg.summarize.get("variants") or {}
+    for name in cfg.summarize.get("ablations") or []:
+        if name not in variants:
+            from wsisum.errors import InputError
+
+            raise InputError(None, f"summarize.ablations names {name!r}, which summarize.variants does not define")
+        base = str(variants[name].sampler)
+        extra = [*list(cfg.summarize.overrides.get(base) or []), *list(variants[name].get("overrides") or [])]
+        out.append((name, base, [*extra, f"sampler.label={name}"]))
+    return out
 
 
 def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstream: list[str]) -> dict[str, Path]:
     from wsisum.apps.summarize import summarize
 
     made = {}
-    for sampler in cfg.summarize.samplers:
-        for budget in cfg.summarize.budgets:
-            label = f"{sampler}_{budget}"
+    variants = cfg.summarize.get("variants") or {}
+    for name, sampler, extra in summary_recipes(cfg):
+        train_key, model = "train", ckpt
+        if name in variants and variants[name].get("train_overrides"):
+            train_key, model = f"train/{name}", stage_train(study, cfg, root, upstream, variant=name)
+        budgets = cfg.summarize.budgets
+        if name in variants and cfg.summarize.get("ablation_budgets"):
+            budgets = cfg.summarize.ablation_budgets  # ablations may run at fewer budgets than the samplers
+        for budget in budgets:
+            label = f"{name}_{budget}"
             out = study.run_dir / "summaries" / label
             overrides = [
                 f"data.root={root}",
                 f"sampler={sampler}",
-                f"sampler_name={sampler}",
+                f"sampler_name={name}",
                 f"budget={budget}",
                 f"out_dir={out}",
                 f"workers={cfg.summarize.workers}",
@@ -92,9 +123,9 @@ def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstr
             ]
             needs = list(upstream)
             if sampler == "wsisum":
-                overrides.append(f"sampler.ckpt_path={ckpt}")
-                needs.append("train")
-            overrides += list(cfg.summarize.overrides.get(sampler) or [])
+                overrides.append(f"sampler.ckpt_path={model}")
+                needs.append(train_key)
+            overrides += extra
             scfg = compose_stage("summarize", overrides)
             study.run(f"summarize/{label}", scfg, lambda c=scfg: summarize(c), needs, outputs=[out], clean=remove(out))
             made[label] = out
@@ -111,6 +142,14 @@ def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
         sampler, budget = label.rsplit("_", 1)
         runs.append((label, str(out), [f"sampler_name={sampler}", f"budget={budget}"], [f"summarize/{label}"]))
     folds = "[" + ",".join(str(int(f)) for f in cfg.evaluate.folds) + "]"
+    engine = str(cfg.evaluate.get("engine") or "replicas")
+    seeds = cfg.evaluate.get("seeds")
+    seeds = [cfg.seed] if seeds is None else list(seeds)
+    seeds_arg = "[" + ",".join(str(int(s)) for s in seeds) + "]"
+    if engine == "lightning" and len(seeds) > 1:  # a Lightning run takes one seed: fail before any stage
+        from wsisum.errors import InputError
+
+        raise InputError(None, f"evaluate.engine=lightning takes one seed, not evaluate.seeds={seeds}")
     for task in cfg.evaluate.tasks:
         for label, bags, extra, needs in runs:
             out = study.run_dir / "evaluate" / task / label
@@ -120,7 +159,9 @@ def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
                 f"bags={bags}",
                 f"mil={cfg.evaluate.mil}",
                 f"folds={folds}",
-                f"seed={cfg.seed}",
+                f"engine={engine}",
+                f"seed={int(seeds[0])}",
+                f"seeds={seeds_arg}",
                 f"paths.output_dir={out}",
                 *extra,
                 *cfg.evaluate.overrides,

@@ -31,6 +31,9 @@ def build_datamodule(cfg: DictConfig) -> PretrainDataModule:
         seed=cfg.seed,
         cache_dir=cfg.pool.cache_dir,
         normalize=cfg.pool.normalize,
+        allocation_power=cfg.pool.get("allocation_power", 1.0),
+        min_per_cluster=cfg.pool.get("min_per_cluster", 0),
+        rare_quota=cfg.pool.get("rare_quota", 0.0),
     )
     names = cfg.teachers.names
     return PretrainDataModule(

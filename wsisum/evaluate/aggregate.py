@@ -1,4 +1,5 @@
-"""Aggregate the `metrics.csv` of many runs: mean ± std over folds, a Markdown table, AUROC-vs-budget plots.
+"""Aggregate the `metrics.csv` of many runs: mean ± std over (fold, seed) replicates, a Markdown table,
+AUROC-vs-budget plots.
 
     python -m wsisum.evaluate.aggregate SWEEP_DIR [MORE_DIRS_OR_CSVS ...] [--out DIR]
 
@@ -6,7 +7,9 @@ A `-m` multirun of `wsisum-evaluate` does this by itself when it ends (see `hydr
 the CLI merges runs made separately, e.g. a full-bag run with a sweep over summaries.
 Outputs: `aggregate.csv` (task, sampler, budget, mil, metric, mean, std, n), `aggregate.md`,
 and `auroc_vs_budget_<mil>.png` (one panel per task, one line per sampler, the full-bag result as a
-dashed reference line with its ±std band). std is the sample standard deviation (ddof=1) over folds.
+dashed reference line with its ±std band). std is the sample standard deviation (ddof=1) over every
+(fold, seed) replicate, and n their number; files from before seeds count as seed 0. Paired
+comparisons of samplers on the same replicates are in `wsisum.evaluate.paired`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from wsisum.evaluate.results import FULL, find_metrics, read_metrics
 log = logging.getLogger(__name__)
 
 KEYS = ["task", "sampler", "budget", "mil"]
+REPLICATE = ["fold", "seed"]  # one (fold, seed) pair is one replicate
 TABLE_METRICS = (
     "test_auroc",
     "test_balanced_accuracy",
@@ -43,18 +47,29 @@ def collect(paths: Iterable[str | Path]) -> pd.DataFrame:
     files = find_metrics(paths)
     if not files:
         raise InputError(None, f"no metrics.csv under {', '.join(map(str, paths))}")
-    df = pd.concat([read_metrics(f) for f in files], ignore_index=True)
-    dup = df.duplicated(subset=[*KEYS, "fold", "metric"], keep=False)
+    df = with_seed(pd.concat([read_metrics(f) for f in files], ignore_index=True))
+    dup = df.duplicated(subset=[*KEYS, *REPLICATE, "metric"], keep=False)
     if dup.any():
         log.warning(
-            "%d rows repeat a (task, sampler, budget, mil, fold, metric) key across runs: all are averaged",
+            "%d rows repeat a (task, sampler, budget, mil, fold, seed, metric) key across runs: all are averaged",
             int(dup.sum()),
         )
     return df
 
 
+def with_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with a `seed` column (0 where a file from before seeds had none), just after `fold`."""
+    df = df.copy()
+    if "seed" in df.columns:
+        df["seed"] = pd.to_numeric(df["seed"], errors="coerce").fillna(0).astype(int)
+    else:
+        df.insert(df.columns.get_loc("fold") + 1 if "fold" in df.columns else len(df.columns), "seed", 0)
+    return df
+
+
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sample std and count of each metric per (task, sampler, budget, mil), NaN values skipped."""
+    """Mean, sample std and count of each metric per (task, sampler, budget, mil) over its (fold, seed)
+    replicates, NaN values skipped: n is the number of replicates with a value."""
     g = df.groupby([*KEYS, "metric"], dropna=False, sort=True)["value"]
     out = g.agg(mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
     out["budget"] = out["budget"].astype("Int64")
@@ -78,7 +93,7 @@ def _budget_str(b: object) -> str:
 
 
 def markdown_table(agg: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> str:
-    """Wide Markdown table: one row per (task, mil, sampler, budget), mean ± std per metric.
+    """Wide Markdown table: one row per (task, mil, sampler, budget), mean ± std over replicates per metric.
 
     Where a full-bag row exists for the same task and MIL model, `epoch time full/this` says how many
     times faster a training epoch on these bags is than on the full bags.
@@ -90,7 +105,7 @@ def markdown_table(agg: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) ->
         wide[key] = cells
     full_time = {(k[0], k[3]): c["epoch_time_s"][0] for k, c in wide.items() if k[1] == FULL and "epoch_time_s" in c}
     speed = bool(full_time)
-    head = ["task", "mil", "sampler", "budget", "folds", *metrics] + (["epoch time full/this"] if speed else [])
+    head = ["task", "mil", "sampler", "budget", "replicates", *metrics] + (["epoch time full/this"] if speed else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def order(k: tuple) -> tuple:
@@ -112,7 +127,7 @@ def markdown_table(agg: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) ->
 
 
 def plot_metric_vs_budget(agg: pd.DataFrame, out_dir: Path, metric: str = "test_auroc") -> list[Path]:
-    """One PNG per MIL model: a panel per task, metric (mean ± std over folds) vs budget per sampler."""
+    """One PNG per MIL model: a panel per task, metric (mean ± std over replicates) vs budget per sampler."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -230,7 +230,7 @@ def balanced_class_weights(targets: Sequence[int], n_classes: int) -> list[float
     return w.tolist()
 
 
-def _write_predictions(path: Path, preds: list[dict], classes: Sequence[str]) -> None:
+def write_predictions(path: Path, preds: list[dict], classes: Sequence[str]) -> None:
     rows = []
     for p in preds:
         row = {"slide_id": p["slide_id"], "target": classes[p["target"]]}
@@ -331,7 +331,7 @@ def evaluate_fold(
         _finish_wandb()
     cost = recover_cost(lit, trainer, dm)
     bad = read_ledger(out_dir)
-    _write_predictions(out_dir / "predictions" / f"fold_{fold}.csv", lit.test_predictions, classes)
+    write_predictions(out_dir / "predictions" / f"fold_{fold}.csv", lit.test_predictions, classes)
     patches = cost.get("patches_per_bag") or []
     values: dict[str, float | int | None] = {
         **_metric_values(test, "test"),
@@ -359,11 +359,9 @@ def evaluate_fold(
     return label, values
 
 
-def run_evaluation(cfg: DictConfig) -> EvaluationResult:
-    """Run every requested fold, writing metrics.csv (after each fold) and predictions in the run dir."""
-    out_dir = Path(cfg.paths.output_dir)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+def prepare_run(cfg: DictConfig) -> tuple[TaskSpec, list[int]]:
+    """The task and the folds of a run, after every check that needs no bag: cohort root, budget, and
+    every requested split (leakage, duplicates) before anything trains. Shared by both engines."""
     task = TaskSpec.from_config(
         OmegaConf.to_container(cfg.task, resolve=True) if cfg.get("task") else None, cfg.data.root, _choice("task")
     )
@@ -372,7 +370,6 @@ def run_evaluation(cfg: DictConfig) -> EvaluationResult:
     if cfg.get("budget") is not None:
         positive_int(cfg.budget, "budget")  # before any file is read
     folds = resolve_folds(cfg.get("folds"), task.splits_dir)
-    # every requested split is checked (leakage, duplicates) before any fold trains
     labels = read_labels(task.labels, task.classes)
     for fold in folds:
         read_split(
@@ -380,6 +377,22 @@ def run_evaluation(cfg: DictConfig) -> EvaluationResult:
             case_of=labels.case_of,
             allow_leakage=bool(cfg.get("allow_leakage", False)),
         )
+    return task, folds
+
+
+def run_evaluation(cfg: DictConfig) -> EvaluationResult:
+    """Run every requested fold, writing metrics.csv (after each fold) and predictions in the run dir."""
+    out_dir = Path(cfg.paths.output_dir)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    seeds = list(cfg.get("seeds") or [cfg.seed])
+    if len(seeds) > 1:
+        raise InputError(
+            None, f"engine=lightning runs one seed per run (seeds={seeds}): use engine=replicas, or -m seed=..."
+        )
+    with open_dict(cfg):
+        cfg.seed = int(seeds[0])
+    task, folds = prepare_run(cfg)
     result = EvaluationResult(out_dir=out_dir)
     label = None
     for fold in folds:
@@ -387,6 +400,6 @@ def run_evaluation(cfg: DictConfig) -> EvaluationResult:
         result.label = label
         if values is None:
             continue
-        result.rows.extend(rows_for_fold(label, fold, values))
+        result.rows.extend(rows_for_fold(label, fold, values, seed=int(cfg.seed)))
         write_metrics(out_dir / METRICS_FILE, result.rows)
     return result

@@ -42,6 +42,7 @@ class SummarizerPretraining(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_ratio: float = 0.05,
         seed: int = 0,
+        visible_sizes: list[int] | None = None,
     ):
         super().__init__()
         if fusion_mode not in ("pca", "heads"):
@@ -50,6 +51,8 @@ class SummarizerPretraining(L.LightningModule):
             raise ValueError(f"distill_loss must be 'mse' or 'cosine', got {distill_loss!r}")
         if fusion_mode == "pca" and not fused_dim:
             raise ValueError("fusion_mode='pca' needs fused_dim")
+        if visible_sizes is not None and (not len(visible_sizes) or min(int(v) for v in visible_sizes) < 1):
+            raise ValueError(f"visible_sizes must be positive patch counts, got {visible_sizes}")
         self.save_hyperparameters()
         self.teacher_names = list(teacher_dims)
         out_dims = {"fused": int(fused_dim)} if fusion_mode == "pca" else dict(teacher_dims)
@@ -117,9 +120,17 @@ class SummarizerPretraining(L.LightningModule):
             return unused
         return torch.stack(losses).mean() + unused
 
+    def draw_visible_size(self, generator: torch.Generator | None = None) -> int | None:
+        """Budget-aware pretraining: this batch's visible-set size, uniform over `visible_sizes` (the
+        budgets summaries are asked for), so every budget is scored in distribution; None = mask_ratio."""
+        sizes = self.hparams.visible_sizes
+        if not sizes:
+            return None
+        return int(sizes[int(torch.randint(len(sizes), (1,), generator=generator))])
+
     def step(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         feats, mask = batch["features"].float(), batch["mask"]  # bags arrive in their stored dtype
-        visible = random_visible(mask, self.hparams.mask_ratio, generator)
+        visible = random_visible(mask, self.hparams.mask_ratio, generator, self.draw_visible_size(generator))
         out = self.model(feats, mask, batch.get("pos"), visible)
         hidden = mask & ~visible
         err = ((out["reconstruction"].float() - feats.float()) ** 2).mean(-1)

@@ -181,11 +181,17 @@ class MaskedSummarizer(nn.Module):
         return out
 
 
-def random_visible(mask: Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> Tensor:
-    """Per bag, keep max(1, round(n_real * (1 - mask_ratio))) random real patches visible."""
+def random_visible(
+    mask: Tensor, mask_ratio: float, generator: torch.Generator | None = None, n_visible: int | None = None
+) -> Tensor:
+    """Per bag, keep max(1, round(n_real * (1 - mask_ratio))) random real patches visible, or exactly
+    min(n_visible, n_real) of them when `n_visible` is given (budget-aware pretraining)."""
     b, n = mask.shape
     noise = torch.rand(b, n, generator=generator, device=mask.device if generator is None else "cpu").to(mask.device)
     noise = noise.masked_fill(~mask, 2.0)
-    n_keep = torch.clamp(torch.round(mask.sum(1) * (1.0 - mask_ratio)), min=1).long()
+    if n_visible is None:
+        n_keep = torch.clamp(torch.round(mask.sum(1) * (1.0 - mask_ratio)), min=1).long()
+    else:
+        n_keep = torch.clamp(mask.sum(1), max=int(n_visible)).clamp(min=1).long()
     ranks = noise.argsort(1).argsort(1)
     return (ranks < n_keep[:, None]) & mask

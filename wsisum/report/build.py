@@ -17,7 +17,10 @@ import pandas as pd
 
 from wsisum.data.atomic import atomic_path
 from wsisum.evaluate.aggregate import FULL, aggregate
+from wsisum.evaluate.paired import REFERENCE
 from wsisum.report import cost, heatmaps, lesions, plots
+from wsisum.report.comparisons import paired_results, paired_sections
+from wsisum.report.intrinsic_report import intrinsic_report
 from wsisum.report.render import Document, Figure, Section, to_html, to_markdown
 from wsisum.report.rundir import RESULTS_FILE, RunDir, load_results, open_run_dir
 from wsisum.report.tables import RESULT_METRICS, Table, results_table
@@ -28,6 +31,8 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 FIGURES = "figures"
 CSV_FILES = ("results_table.csv", "cost_storage.csv", "cost_mil.csv", "lesion_retention.csv")
+PAIRED_CSV = ("paired.csv", "retention.csv", "ablation.csv")  # from `comparisons.PairedResults.frames`
+PAIRED_FIG = "paired_difference_vs_budget.png"
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -96,10 +101,11 @@ def results_section(agg: pd.DataFrame | None, figs: list[Path], metric: str) -> 
         sec.blocks.append(f"No evaluation results yet (no `{RESULTS_FILE}` and no `evaluate/**/metrics.csv`).")
         return sec
     sec.blocks.append(
-        "Test metrics, mean ± sample standard deviation (ddof 1) over folds, one row per task, MIL model, "
-        "sampler and budget; the shaded `full` row of each task is the reference trained on the full bags. "
-        "Bold: the best summary of the task by AUROC. `epoch time full/this`: how many times faster a training "
-        "epoch is on these bags than on the full bags."
+        "Test metrics, mean ± sample standard deviation (ddof 1) over (fold, seed) replicates, one row per "
+        "task, MIL model, sampler and budget; the shaded `full` row of each task is the reference trained on "
+        "the full bags. Bold: the best summary of the task by AUROC (which samplers truly differ: the paired "
+        "tables above). `epoch time full/this`: how many times faster a training epoch is on these bags than "
+        "on the full bags."
     )
     sec.blocks.append(results_table(agg, RESULT_METRICS))
     for p in figs:
@@ -108,7 +114,7 @@ def results_section(agg: pd.DataFrame | None, figs: list[Path], metric: str) -> 
             Figure(
                 p,
                 f"{metric.replace('test_', 'test ')} versus budget, {mil}: a panel per task, a line per sampler "
-                "(mean ± std over folds); dashed, the full-bag result with its ± std band.",
+                "(mean ± std over replicates); dashed, the full-bag result with its ± std band.",
             )
         )
     return sec
@@ -181,12 +187,14 @@ def build_report(
     heatmap_budget: int | None = None,
     metric: str = "test_auroc",
     small_lesion_patches: int = lesions.SMALL_LESION_PATCHES,
+    candidate: str = REFERENCE,
 ) -> dict[str, Path]:
     """Write RUN_DIR/report/{report.md, report.html, *.csv, figures/*.png}; returns name -> path.
 
     Keys: `markdown`, `html`, `results` (RUN_DIR/results.csv, regenerated from evaluate/ when missing
-    or stale), `results_table`, `cost_storage`, `cost_mil`, `lesion_retention` (CSVs, where there is
-    data) and one key per figure (its file stem).
+    or stale), `results_table`, `cost_storage`, `cost_mil`, `lesion_retention`, `paired`, `retention`,
+    `ablation` (CSVs, where there is data) and one key per figure (its file stem). The paired tables
+    compare `candidate` with every baseline on the same (fold, seed) replicates by `metric`.
     """
     run = open_run_dir(run_dir)
     name = run.root.resolve().name
@@ -202,6 +210,13 @@ def build_report(
         written["results"] = run.root / RESULTS_FILE
         written["results_table"] = _write_csv(out / CSV_FILES[0], agg)
     figs = plots.metric_vs_budget(agg, fig_dir, metric) if agg is not None else []
+    pair = paired_results(df, candidate, metric) if df is not None else None
+    for key, frame in (pair.frames() if pair is not None else {}).items():
+        if not frame.empty:
+            written[key] = _write_csv(out / f"{key}.csv", frame)
+    pair_fig = (
+        None if pair is None else plots.paired_difference_plot(pair.matrix, fig_dir / PAIRED_FIG, candidate, metric)
+    )
 
     storage = cost.storage_costs(run)
     mil = cost.mil_costs(agg) if agg is not None else pd.DataFrame()
@@ -223,10 +238,13 @@ def build_report(
     hm_figs = heatmaps.write_heatmaps(run, fig_dir, heatmap_slides, hm_budget)
 
     tasks = sorted(agg["task"].unique()) if agg is not None else []
-    # results first; the run's stage log (long for a full study) closes the report
-    sections = [results_section(agg, figs, metric), cost_section(storage, mil)]
+    # paired comparisons, then results; the run's stage log (long for a full study) closes the report
+    sections = [*paired_sections(pair, pair_fig), results_section(agg, figs, metric), cost_section(storage, mil)]
     if retention is not None:
         sections.append(lesion_section(retention, lesion_fig, dataset_tasks, small_lesion_patches))
+    intrinsic_sections, intrinsic_csv = intrinsic_report(run, out)  # [] without summaries or cohort
+    written |= intrinsic_csv
+    sections += intrinsic_sections
     sections.append(heatmap_section(hm_budget, hm_figs, retention is not None))
     sections.append(run_section(run, tasks))
     has_full = agg is not None and (agg["sampler"] == FULL).any()
@@ -236,11 +254,11 @@ def build_report(
         notes.append("no full-bag evaluation (`evaluate/<task>/full/`): the tables have no reference rows.")
     doc = Document(f"wsisum study report: {name}", intro, sections, notes)
 
-    all_figs = [*figs, *([lesion_fig] if lesion_fig else []), *hm_figs]
+    all_figs = [*([pair_fig] if pair_fig else []), *figs, *([lesion_fig] if lesion_fig else []), *hm_figs]
     for p in all_figs:
         written[p.stem] = p
     keep = {p.resolve() for p in all_figs} | {p.resolve() for p in written.values()}
-    stale = [*fig_dir.glob("*.png"), *(out / name for name in CSV_FILES)]
+    stale = [*fig_dir.glob("*.png"), *(out / name for name in (*CSV_FILES, *PAIRED_CSV))]
     for path in stale:  # outputs of an earlier report that this one no longer has (no data now)
         if path.is_file() and path.resolve() not in keep:
             path.unlink()

@@ -11,6 +11,10 @@ one of its patches is a lesion. For each dataset × sampler × budget the report
 - `kept_lesion_fraction`: the mean, over lesion-positive slides, of the fraction of kept patches that
   are lesion, next to `full_lesion_fraction`, the same mean for the full bags (what a uniformly random
   summary keeps on average).
+
+The intrinsic checks (`wsisum.report.intrinsic`) add, per slide class (`class_recall_frame`), the hit
+rate and the lesion patches kept relative to what the budget allows, min(K, lesion patches); and
+(`morphology_coverage`) the share of a slide's ground-truth morphologies a summary keeps.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pandas as pd
 
-from wsisum.data.bags import read_bag
 from wsisum.data.synthetic import BACKGROUND_MORPHOLOGIES
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import FULL
@@ -32,6 +37,8 @@ from wsisum.report.rundir import RunDir
 from wsisum.report.tables import Table, budget_label
 
 SMALL_LESION_PATCHES = 5
+ALL_CLASSES = "all"  # the `label` of class_recall_frame rows that pool every class
+RARE_FRACTION = 0.01  # a morphology on at most 1 % of a slide's patches is rare on that slide
 RETENTION_COLUMNS = [
     "dataset",
     "sampler",
@@ -59,6 +66,13 @@ class SlideLesion:
     n_lesion: int
     n_kept: int
     n_kept_lesion: int
+    label: str | None = None  # the slide's class (bag attr `label`), for recall per class
+
+    @property
+    def patch_recall(self) -> float:
+        """Lesion patches kept / the most the budget could keep, min(K, lesion patches); NaN without lesion."""
+        room = min(self.n_kept, self.n_lesion)
+        return self.n_kept_lesion / room if room else math.nan
 
 
 def lesion_names(
@@ -106,12 +120,24 @@ def bag_morphology_names(attrs: Mapping[str, Any]) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
-def summary_indices(path) -> np.ndarray:
-    """The `indices` (K,) into the source bag that every summary bag records."""
-    summary = read_bag(path, check_values=False)
-    if "indices" not in summary.extras:
-        raise InputError(path, "no 'indices' dataset: cannot tell which source patches were kept")
-    return np.asarray(summary.extras["indices"], dtype=np.int64)
+def summary_indices(path: str | Path) -> np.ndarray:
+    """The `indices` (K,) into the source bag that every summary bag records (nothing else is read:
+    a report reads thousands of summaries)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "indices" not in f:
+                raise InputError(path, "no 'indices' dataset: cannot tell which source patches were kept")
+            return np.asarray(f["indices"][()], dtype=np.int64).reshape(-1)
+    except InputError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {err}") from None
+
+
+def slide_label(attrs: Mapping[str, Any]) -> str | None:
+    """The class a synthetic bag records in its attrs (None for other cohorts)."""
+    label = attrs.get("label")
+    return None if label in (None, "") else str(label)
 
 
 def collect_slide_lesions(run: RunDir) -> list[SlideLesion]:
@@ -136,7 +162,15 @@ def collect_slide_lesions(run: RunDir) -> list[SlideLesion]:
                 raise InputError(f.path, f"{err.problem} ({src.path})") from None
             out.append(
                 SlideLesion(
-                    f.dataset, f.slide_id, s.sampler, s.budget, src.n_patches, n_lesion, f.n_kept, n_kept_lesion
+                    f.dataset,
+                    f.slide_id,
+                    s.sampler,
+                    s.budget,
+                    src.n_patches,
+                    n_lesion,
+                    f.n_kept,
+                    n_kept_lesion,
+                    slide_label(src.attrs),
                 )
             )
     return out
@@ -196,6 +230,53 @@ def retention_frame(slides: Iterable[SlideLesion], small: int = SMALL_LESION_PAT
         (r.dataset, r.sampler != FULL, r.sampler, -1 if pd.isna(r.budget) else int(r.budget)) for r in df.itertuples()
     ]
     return df.sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+CLASS_RECALL_COLUMNS = ["dataset", "sampler", "budget", "label", "lesion_slides", "hits", "recall", "patch_recall"]
+
+
+def class_recall_frame(slides: Iterable[SlideLesion]) -> pd.DataFrame:
+    """Per (dataset, sampler, budget, slide class) over lesion-positive slides: `recall`, the share whose
+    summary kept >= 1 lesion patch, and `patch_recall`, the mean of kept lesion patches / min(K, lesion
+    patches). Each group also has a row with label `ALL_CLASSES`; slides without a label enter only that."""
+    groups: dict[tuple, list[SlideLesion]] = {}
+    for s in slides:
+        if s.n_lesion == 0:
+            continue
+        for label in (ALL_CLASSES, s.label) if s.label is not None else (ALL_CLASSES,):
+            groups.setdefault((s.dataset, s.sampler, s.budget, label), []).append(s)
+    rows = [
+        {
+            "dataset": ds,
+            "sampler": sampler,
+            "budget": budget,
+            "label": label,
+            "lesion_slides": len(grp),
+            "hits": sum(s.n_kept_lesion > 0 for s in grp),
+            "recall": float(np.mean([s.n_kept_lesion > 0 for s in grp])),
+            "patch_recall": float(np.mean([s.patch_recall for s in grp])),
+        }
+        for (ds, sampler, budget, label), grp in groups.items()
+    ]
+    df = pd.DataFrame(rows, columns=CLASS_RECALL_COLUMNS)
+    df["budget"] = df["budget"].astype("Int64")
+    return df.sort_values(["dataset", "sampler", "budget", "label"], na_position="first", ignore_index=True)
+
+
+def morphology_coverage(
+    morphology: np.ndarray, indices: np.ndarray, n_names: int, rare_fraction: float = RARE_FRACTION
+) -> tuple[float, float, int, int]:
+    """(share of the slide's morphologies kept, share of its rare ones kept, how many it has, how many
+    are rare). A morphology is the slide's when >= 1 of its patches has it, rare when it covers at most
+    `rare_fraction` of the patches; the rare share is NaN on a slide without a rare morphology."""
+    morphology = np.asarray(morphology, dtype=np.int64)
+    counts = np.bincount(morphology, minlength=n_names)
+    kept = np.bincount(morphology[np.asarray(indices, dtype=np.int64)], minlength=n_names) > 0
+    present = counts > 0
+    rare = present & (counts <= rare_fraction * len(morphology))
+    cover = float(kept[present].mean()) if present.any() else math.nan
+    rare_cover = float(kept[rare].mean()) if rare.any() else math.nan
+    return cover, rare_cover, int(present.sum()), int(rare.sum())
 
 
 def _rate(hits: int, n: int) -> str:

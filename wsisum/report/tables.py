@@ -1,4 +1,5 @@
-"""A small table type that renders the same cells to Markdown and to HTML, and the results table.
+"""A small table type that renders the same cells to Markdown and to HTML; the results table and the
+paired tables (winner matrix, ablation, retention of `wsisum.evaluate.paired`).
 
 The results table is `wsisum.evaluate.aggregate.markdown_table` (mean ± sample std over folds, the
 full-bag row first in each task), read back into cells, so the report and `aggregate.md` of a
@@ -35,6 +36,7 @@ class Table:
     ref_rows: set[int] = field(default_factory=set)
     strong: set[tuple[int, int]] = field(default_factory=set)
     numeric: set[int] = field(default_factory=set)  # right-aligned columns
+    styles: dict[tuple[int, int], str] = field(default_factory=dict)  # inline CSS of a cell (HTML only)
 
     def cell(self, i: int, j: int) -> str:
         return self.rows[i][j]
@@ -62,7 +64,8 @@ class Table:
                 text = html.escape(c)
                 if (i, j) in self.strong and c:
                     text = f"<strong>{text}</strong>"
-                out.append(f"<td{' class=num' if j in self.numeric else ''}>{text}</td>")
+                style = f' style="{html.escape(self.styles[(i, j)], quote=True)}"' if (i, j) in self.styles else ""
+                out.append(f"<td{' class=num' if j in self.numeric else ''}{style}>{text}</td>")
             out.append("</tr>")
         out.append("</tbody></table>")
         return "".join(out)
@@ -128,3 +131,69 @@ def format_ratio(full: float, mine: float) -> str:
     if full is None or mine is None or math.isnan(full) or math.isnan(mine) or mine <= 0:
         return ""
     return f"{full / mine:.1f}×"
+
+
+# a verdict's marker (plain text, so Markdown shows it too) and its colour in HTML
+MARKERS = {"win": "▲", "loss": "▼", "tie": "=", "n/a": "?"}
+VERDICT_STYLES = {"win": "background:#dcfce7;color:#14532d", "loss": "background:#fee2e2;color:#7f1d1d"}
+RETAINED = 0.98  # a summary that keeps >= 98% of the full-bag metric is marked
+RETAINED_STYLE = "background:#dcfce7"
+
+
+def _budget_cell(b: object) -> str:
+    return "all" if b is None or pd.isna(b) else str(int(b))
+
+
+def paired_cell(r: dict) -> str:
+    """`▲ win +0.031 [+0.010, +0.052] 12/15`: verdict, mean paired difference, its CI, wins/pairs."""
+    n = int(r["n_pairs"])
+    mark = MARKERS.get(r["verdict"], "")
+    if r["verdict"] == "n/a":
+        diff = "" if n == 0 else f" {r['mean_diff']:+.3f}"
+        return f"{mark} n/a{diff} ({n} pair{'s' if n != 1 else ''})"
+    return f"{mark} {r['verdict']} {r['mean_diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] {int(r['wins'])}/{n}"
+
+
+def paired_table(
+    frame: pd.DataFrame, column: str = "baseline", keys: Sequence[str] = ("task", "mil", "budget")
+) -> Table:
+    """Rows by `keys`, a column per `column` value (the baselines of a winner matrix, the variants of
+    an ablation), a `paired_cell` per comparison, coloured by verdict in HTML."""
+    names = sorted(frame[column].unique())
+    keys = list(keys)
+    table = Table([*keys, *names], [])
+    table.numeric = set(range(len(keys), len(keys) + len(names)))
+    rows = frame.sort_values(keys, na_position="first")
+    for i, (key, grp) in enumerate(rows.groupby(keys, sort=False, dropna=False)):
+        cells = {r[column]: r for r in grp.to_dict("records")}
+        row = [_budget_cell(v) if k == "budget" else str(v) for k, v in zip(keys, key)]
+        for j, name in enumerate(names, start=len(keys)):
+            r = cells.get(name)
+            row.append("" if r is None else paired_cell(r))
+            if r is not None and r["verdict"] in VERDICT_STYLES:
+                table.styles[(i, j)] = VERDICT_STYLES[r["verdict"]]
+        table.rows.append(row)
+    return table
+
+
+def retention_table(frame: pd.DataFrame) -> Table:
+    """Rows (task, mil, sampler), a column per budget: mean retention [CI]; bold (and green in HTML)
+    where the mean keeps at least `RETAINED` of the full-bag metric."""
+    budgets = sorted(int(b) for b in frame["budget"].dropna().unique())
+    table = Table(["task", "mil", "sampler", *(f"budget {b}" for b in budgets)], [])
+    table.numeric = set(range(3, 3 + len(budgets)))
+    for i, ((task, mil, sampler), grp) in enumerate(frame.groupby(["task", "mil", "sampler"], sort=True)):
+        cells = {int(r["budget"]): r for r in grp.to_dict("records")}
+        row = [str(task), str(mil), str(sampler)]
+        for j, b in enumerate(budgets, start=3):
+            r = cells.get(b)
+            if r is None:
+                row.append("")
+                continue
+            ci = "" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            row.append(f"{r['retention']:.3f}{ci}")
+            if r["retention"] >= RETAINED:
+                table.strong.add((i, j))
+                table.styles[(i, j)] = RETAINED_STYLE
+        table.rows.append(row)
+    return table

@@ -17,7 +17,8 @@ import torch
 from wsisum.data.atomic import atomic_path
 from wsisum.sampling.allocation import allocate
 from wsisum.sampling.kmeans import kmeans
-from wsisum.sampling.samplers import _draw_per_stratum
+from wsisum.sampling.rare import outlier_scores, weighted_farthest_points
+from wsisum.sampling.samplers import draw_per_stratum
 from wsisum.seeding import rng_for
 
 
@@ -50,13 +51,41 @@ class ClusterCache:
         self.n_clusters, self.seed, self.normalize = int(n_clusters), int(seed), bool(normalize)
         self._memory: dict[str, np.ndarray] = {}
 
-    def _file(self, slide_id: str, source: str) -> Path | None:
-        if self.directory is None:
+    def _file(self, slide_id: str, source: str, kind: str = "") -> Path | None:
+        """The cache file of one slide's entry of `kind` ("" = k-means assignments)."""
+        if self.directory is None or not source:
             return None
         st = Path(source).stat()
-        key = f"{source}|{st.st_size}|{st.st_mtime_ns}|{self.n_clusters}|{self.seed}|{self.normalize}"
+        key = f"{source}|{st.st_size}|{st.st_mtime_ns}|{self.n_clusters}|{self.seed}|{self.normalize}|{kind}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]  # a changed source file gets a new entry
-        return self.directory / f"{slide_id}.{digest}.npz"
+        return self.directory / (f"{slide_id}.{kind}.{digest}.npz" if kind else f"{slide_id}.{digest}.npz")
+
+    def rare_order(self, slide_id: str, features: np.ndarray, source: str, size: int) -> np.ndarray:
+        """The first `size` patches of the slide's outlier-weighted farthest-point order (cached).
+
+        Greedy farthest-point selection is prefix-consistent, so any shorter quota is a prefix of it.
+        """
+        size = min(int(size), features.shape[0])
+        if size <= 0:
+            return np.zeros(0, dtype=np.int64)
+        key = f"rare:{slide_id}"
+        cached = self._memory.get(key)
+        if cached is not None and len(cached) >= size:
+            return cached[:size]
+        path = self._file(slide_id, source, f"rare{size}")
+        if path is not None and path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                order = z["order"]
+            if len(order) == size and (order < features.shape[0]).all():
+                self._memory[key] = order
+                return order
+        w = outlier_scores(features, seed=self.seed, slide_id=slide_id)
+        order = weighted_farthest_points(features, size, w)
+        if path is not None:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, order=order.astype(np.int64))
+        self._memory[key] = order
+        return order
 
     def assignments(self, slide_id: str, features: np.ndarray, source: str) -> np.ndarray:
         if slide_id in self._memory:
@@ -90,19 +119,37 @@ class PoolTransform:
         seed: int = 0,
         cache_dir: str | Path | None = None,
         normalize: bool = False,
+        allocation_power: float = 1.0,
+        min_per_cluster: int = 0,
+        rare_quota: float = 0.0,
     ):
         self.pool_size, self.seed, self.epoch = pool_size, int(seed), 0
         self.cache = ClusterCache(cache_dir, n_clusters, seed, normalize)
+        if not 0.0 <= float(rare_quota) <= 1.0:
+            raise ValueError(f"rare_quota must be in [0, 1], got {rare_quota}")
+        self.allocation_power, self.min_per_cluster = float(allocation_power), int(min_per_cluster)
+        self.rare_quota = float(rare_quota)
+
+    def rare_count(self, size: int) -> int:
+        return round(self.rare_quota * size)
 
     def pool_indices(self, slide_id: str, features: np.ndarray, source: str, epoch: int | None = None) -> np.ndarray:
+        """Sorted pool: `rare_quota` of it from the outlier-weighted farthest-point order (the slide's
+        isolated patches, the same every epoch), the rest a seeded cluster-stratified draw of the others,
+        size**allocation_power per cluster with at least `min_per_cluster`."""
         n = features.shape[0]
         if self.pool_size is None or n <= self.pool_size:
             return np.arange(n)
-        assign = self.cache.assignments(slide_id, features, source)
-        sizes = np.bincount(assign)
-        alloc = allocate(sizes, self.pool_size)
+        rare = self.cache.rare_order(slide_id, features, source, self.rare_count(self.pool_size))
+        assign = self.cache.assignments(slide_id, features, source).astype(np.int64)
+        free = np.ones(n, dtype=bool)
+        free[rare] = False
+        sizes = np.bincount(assign[free], minlength=int(assign.max()) + 1)
+        alloc = allocate(sizes, self.pool_size - len(rare), self.min_per_cluster, self.allocation_power)
         rng = rng_for(self.seed, slide_id, "pool", self.epoch if epoch is None else epoch)
-        return np.sort(_draw_per_stratum(assign.astype(np.int64), alloc, rng))
+        members = np.flatnonzero(free)
+        drawn = members[draw_per_stratum(assign[members], alloc, rng)]
+        return np.sort(np.concatenate([rare, drawn]))
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         idx = self.pool_indices(item["slide_id"], item["features"].numpy(), item["path"])

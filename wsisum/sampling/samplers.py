@@ -15,7 +15,7 @@ from wsisum.sampling.base import Sampler, Selection
 from wsisum.sampling.kmeans import kmeans
 
 
-def _draw_per_stratum(
+def draw_per_stratum(
     strata: np.ndarray, alloc: np.ndarray, rng: np.random.Generator, prefer: np.ndarray | None = None
 ) -> np.ndarray:
     """Take alloc[j] members of every stratum j: at random, or the lowest `prefer` values first."""
@@ -81,7 +81,7 @@ class KMeansSampler(Sampler):
         sizes = np.bincount(km.assign, minlength=km.k)
         alloc = allocate(sizes, budget, self.min_per_cluster)
         prefer = km.sqdist if self.within == "nearest" else None
-        idx = _draw_per_stratum(km.assign, alloc, rng, prefer)
+        idx = draw_per_stratum(km.assign, alloc, rng, prefer)
         return Selection(idx, attrs={"n_clusters": km.k, "clusters_kept": int((alloc > 0).sum())})
 
     def describe(self) -> dict:
@@ -154,7 +154,7 @@ class LocationSampler(Sampler):
             raise InputError(None, f"slide {slide_id}: the location sampler needs coords (bag has none)")
         cells = grid_cells(coords, max(1, round(budget * self.cells_per_budget)))
         alloc = allocate(np.bincount(cells), budget)
-        return Selection(_draw_per_stratum(cells, alloc, rng))
+        return Selection(draw_per_stratum(cells, alloc, rng))
 
     def describe(self) -> dict:
         return super().describe() | {"cells_per_budget": self.cells_per_budget}

@@ -23,6 +23,7 @@ from wsisum.errors import InputError
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.sampling.base import Sampler, Selection
 from wsisum.sampling.pool import PoolTransform, grid_positions
+from wsisum.summarize.selection import SummaryObjective, cosine_matrix, guided_search
 
 log = logging.getLogger(__name__)
 _MODELS: dict[tuple[str, str], SummarizerPretraining] = {}  # one loaded model per process and device
@@ -181,8 +182,12 @@ def check_dims(
             )
 
 
+SELECTIONS = ("guided", "random")
+
+
 class WSISumSampler(Sampler):
-    """The learned summarizer as a sampler: k-means pool from the full bag, then the search above."""
+    """The learned summarizer as a sampler: a rare-aware k-means pool from the full bag, then the
+    selection of `wsisum.summarize.selection` (default) or the random search above."""
 
     name = "wsisum"
 
@@ -193,14 +198,23 @@ class WSISumSampler(Sampler):
         pool_size: int = 500,
         n_clusters: int = 50,
         target: str = "teacher",
+        selection: str = "guided",
+        allocation_power: float = 0.5,
+        min_per_cluster: int = 1,
+        rare_quota: float = 0.2,
+        summary_quota: float = 0.5,
+        teacher_weight: float = 1.0,
+        coverage_weight: float = 1.0,
+        n_random: int = 7,
         n_candidates: int = 1024,
         batch_size: int = 256,
         patience: int | None = 3,
         min_delta: float = 1e-4,
-        refine_rounds: int = 8,
-        refine_batch: int = 128,
+        refine_rounds: int = 2,
+        refine_batch: int = 8,
         faithful: bool = False,
         device: str = "auto",
+        label: str | None = None,
     ):
         super().__init__(seed)
         if ckpt_path is None:
@@ -209,37 +223,63 @@ class WSISumSampler(Sampler):
             )
         if target not in ("teacher", "self"):
             raise InputError(None, f"sampler.target must be 'teacher' or 'self', got {target!r}")
+        if selection not in SELECTIONS:
+            raise InputError(None, f"sampler.selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+        for key, value in (("rare_quota", rare_quota), ("summary_quota", summary_quota)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise InputError(None, f"sampler.{key} must be in [0, 1], got {value}")
         self.ckpt_path = str(ckpt_path)
         self.teacher_names = checkpoint_teachers(ckpt_path)
         self.pool_size, self.n_clusters, self.target = int(pool_size), int(n_clusters), target
+        self.selection, self.summary_quota = selection, float(summary_quota)
+        self.teacher_weight, self.coverage_weight, self.n_random = (
+            float(teacher_weight),
+            float(coverage_weight),
+            int(n_random),
+        )
+        self.pool = dict(
+            allocation_power=float(allocation_power), min_per_cluster=int(min_per_cluster), rare_quota=float(rare_quota)
+        )
         self.n_candidates, self.batch_size, self.patience = int(n_candidates), int(batch_size), patience
         self.min_delta, self.refine_rounds, self.refine_batch = float(min_delta), int(refine_rounds), int(refine_batch)
         self.faithful, self.device = bool(faithful), device
-        self.needs_teachers = target == "teacher"
+        self.needs_teachers = target == "teacher" and (teacher_weight != 0 or selection != "guided")
+        if label:  # an ablation variant is its own sampler in summaries and metrics (e.g. wsisum-noquota)
+            self.name = str(label)
+
+    def build_pool(self, slide_id: str, features: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pool indices into the bag, sorted; pool positions of the summary's rare quota)."""
+        transform = PoolTransform(max(self.pool_size, budget), self.n_clusters, self.seed, **self.pool)
+        pool = transform.pool_indices(slide_id, features, "")
+        n_quota = round(self.summary_quota * budget) if self.selection == "guided" and not self.faithful else 0
+        if not n_quota:
+            return pool, np.zeros(0, dtype=np.int64)
+        rare = transform.cache.rare_order(slide_id, features, "", max(n_quota, transform.rare_count(len(pool))))
+        quota = rare[:n_quota]
+        pool = np.union1d(pool, quota)  # the pool's own rare share is a prefix of the same order
+        return pool, np.searchsorted(pool, quota)
 
     def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         t0 = time.perf_counter()
         device = resolve_device(self.device)
         module = load_summarizer(self.ckpt_path, device)
         check_dims(module, features, context.get("teachers") or {}, context.get("teacher_paths") or {}, self.ckpt_path)
-        pool = PoolTransform(max(self.pool_size, budget), self.n_clusters, self.seed).pool_indices(
-            slide_id, features, ""
-        )
+        pool, quota = self.build_pool(slide_id, features, budget)
         feats = torch.from_numpy(np.asarray(features[pool], dtype=np.float32))
         c = torch.from_numpy(np.asarray(coords[pool])) if coords is not None else torch.full((len(pool), 2), -1)
         scorer = CandidateScorer(module, feats, grid_positions(c), device)
-        if self.target == "teacher":
+        if self.needs_teachers:
             teachers = context.get("teachers") or {}
             if not any(teachers.get(t) is not None for t in module.teacher_names):
                 raise InputError(
                     None, f"no embedding of teachers {module.teacher_names} for this slide; use sampler.target=self"
                 )
             scorer.set_teacher_target(teachers)
-        else:
+        elif self.target == "self":
             scorer.set_self_target()
         if self.faithful:  # the original: one random mask, no search
             res = search(scorer, len(pool), budget, rng, n_candidates=1, batch_size=1, patience=None, refine_rounds=0)
-        else:
+        elif self.selection == "random":
             res = search(
                 scorer,
                 len(pool),
@@ -252,13 +292,22 @@ class WSISumSampler(Sampler):
                 self.refine_rounds,
                 self.refine_batch,
             )
+        else:
+            sim = cosine_matrix(feats.numpy())
+            teacher = scorer if self.needs_teachers or self.target == "self" else None
+            objective = SummaryObjective(sim, teacher, self.teacher_weight, self.coverage_weight)
+            res = guided_search(
+                objective, sim, budget, quota, rng, self.n_random, self.refine_rounds, self.refine_batch
+            )
         attrs = {
             "first_score": res["first_score"],
-            "random_best_score": res["random_best_score"],
             "n_scored": res["n_scored"],
             "pool_size": len(pool),
+            "n_quota": res.get("n_quota", 0),
             "search_seconds": time.perf_counter() - t0,
         }
+        if res.get("random_best_score") is not None:
+            attrs["random_best_score"] = res["random_best_score"]
         return Selection(pool[res["indices"]], score=res["score"], attrs=attrs)
 
     def describe(self) -> dict[str, Any]:
@@ -267,5 +316,11 @@ class WSISumSampler(Sampler):
             "faithful": self.faithful,
             "checkpoint": Path(self.ckpt_path).name,
             "pool_size_config": self.pool_size,
+            "selection": self.selection,
+            "summary_quota": self.summary_quota,
+            "teacher_weight": self.teacher_weight,
+            "coverage_weight": self.coverage_weight,
+            "n_random": self.n_random,
             "n_candidates": self.n_candidates,
+            **self.pool,
         }
