@@ -40,7 +40,7 @@ def main() -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="replica engine: seeds per fold")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--att", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
@@ -76,6 +76,8 @@ def main() -> int:
         "replicas.weight_decay=1e-4",
         "replicas.scheduler=none",
         f"replicas.batch_size={args.batch_size}",
+        f"replicas.hidden_dim={args.hidden}",
+        f"replicas.att_dim={args.att}",
     ]
     n_folds = len(args.folds)
     rows = []

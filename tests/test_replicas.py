@@ -15,7 +15,7 @@ from wsisum.evaluate.replicas import BagStore, ReplicaSettings, ReplicaSpec, fit
 from wsisum.evaluate.results import COLUMNS, read_metrics
 from wsisum.evaluate.stacked import StackedABMIL, StackedAdamW, segment_softmax
 
-FAST = ["threads=1", "replicas.max_epochs=4", "replicas.patience=2", "mil.hidden_dim=32", "mil.att_dim=16"]
+FAST = ["threads=1", "replicas.max_epochs=4", "replicas.patience=2", "replicas.hidden_dim=32", "replicas.att_dim=16"]
 
 
 def toy_store(n: int = 48, dim: int = 8, seed: int = 0, signal: float = 3.0) -> BagStore:

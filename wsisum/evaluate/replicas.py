@@ -244,6 +244,7 @@ class ReplicaTrainer:
         return {"loss": float(self._loss(logits, y, r)), **metrics}
 
     def _auroc(self, probs: Tensor, y: Tensor) -> float:
+        """slide_metrics' AUROC alone (macro one-vs-rest over the classes present; NaN below two)."""
         present = torch.bincount(y, minlength=self.n_classes) > 0
         if int(present.sum()) < 2:
             return math.nan
