@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from wsisum.lit.pretrain import SummarizerPretraining
-from wsisum.summarize.search import CandidateScorer, random_candidates
+from wsisum.summarize.search import CandidateScorer, quota_size, random_candidates
 from wsisum.summarize.selection import SummaryObjective, cosine_matrix, guided_search, random_completions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,10 +120,13 @@ def bench_selection(model: str, args, device: torch.device) -> None:
     sim = cosine_matrix(feats.numpy())
     coverage = SummaryObjective(sim, None, teacher_weight=0.0)  # the patch-level term, for the reference
     cfg = OmegaConf.load(REPO / "configs" / "sampler" / "wsisum.yaml")
-    quota = np.arange(round(float(cfg.summary_quota) * args.keep))  # stands in for the rare order's prefix
+    n_quota = quota_size(args.keep, float(cfg.summary_quota), int(cfg.composition_patches))
+    quota = np.arange(n_quota)  # stands in for the rare order's prefix
     cands = random_completions(np.random.default_rng(0), args.candidates, args.pool, quota, args.keep)
     ref, t_ref = timed(lambda: reference_scores(module, scorer, cands) + coverage(cands))
-    objective = SummaryObjective(sim, scorer, float(cfg.teacher_weight), float(cfg.coverage_weight))
+    objective = SummaryObjective(
+        sim, scorer, float(cfg.teacher_weight), float(cfg.coverage_weight)
+    )  # pool not stratified: uniform weights
     res, t_new = timed(
         lambda: guided_search(
             objective,

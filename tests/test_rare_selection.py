@@ -18,8 +18,14 @@ from wsisum.sampling.allocation import allocate
 from wsisum.sampling.pool import PoolTransform
 from wsisum.sampling.rare import outlier_scores, weighted_farthest_points
 from wsisum.sampling.samplers import KMeansSampler
-from wsisum.summarize.search import WSISumSampler
-from wsisum.summarize.selection import SummaryObjective, cosine_matrix, facility_location_greedy, guided_search
+from wsisum.summarize.search import WSISumSampler, quota_size
+from wsisum.summarize.selection import (
+    SummaryObjective,
+    cosine_matrix,
+    facility_location_greedy,
+    guided_search,
+    pool_weights,
+)
 
 
 def lesion_slide(n: int = 3000, n_lesion: int = 3, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,8 +79,14 @@ def test_3_patch_lesion_reaches_pool_and_summary(tmp_path: Path) -> None:
     make_cohort(root, {"dsA": [300, 200, 150, 120, 100, 90]}, dim=x.shape[1], teachers=TEACHERS)
     ckpt = _train(root, tmp_path / "run")
     teachers = {t: np.ones(d, np.float32) for t, d in TEACHERS.items()}
-    sel = WSISumSampler(str(ckpt)).select(x, 16, slide_id="s", teachers=teachers)
-    assert set(lesion) & set(sel.indices) and sel.attrs["n_quota"] == 8  # the rare morphology is represented
+    sampler = WSISumSampler(str(ckpt))
+    sel = sampler.select(x, 32, slide_id="s", teachers=teachers)
+    assert sel.attrs["n_quota"] == quota_size(32, sampler.summary_quota, sampler.composition_patches) == 4
+    assert set(lesion) & set(sel.indices)  # the rare morphology is represented
+    small = sampler.select(x, 16, slide_id="s", teachers=teachers)
+    assert small.attrs["n_quota"] == 0  # the first 16 patches describe the composition
+    everywhere = WSISumSampler(str(ckpt), composition_patches=0).select(x, 16, slide_id="s", teachers=teachers)
+    assert everywhere.attrs["n_quota"] == 4 and set(lesion) & set(everywhere.indices)
 
 
 def _objective(seed: int = 0) -> tuple[SummaryObjective, np.ndarray]:
@@ -107,6 +119,31 @@ def test_guided_search_deterministic_and_not_below_random() -> None:
     gains = np.maximum(sim - cur[:, None], 0).sum(0)
     gains[0] = -np.inf
     assert fl[1] == int(np.argmax(gains))
+
+
+def test_quota_size_leaves_the_composition_first() -> None:
+    assert [quota_size(k, 0.25, 16) for k in (8, 16, 17, 64, 256)] == [0, 0, 0, 12, 60]
+    assert quota_size(64, 0.5, 0) == 32 and quota_size(64, 0.0, 16) == 0
+
+
+def test_slide_weighted_coverage_matches_a_hand_computation() -> None:
+    # a slide of 10 patches: cluster 0 has 8, cluster 1 has 2; the pool over-draws cluster 1 (2 of 2)
+    slide = np.array([0] * 8 + [1] * 2)
+    pool = np.array([0, 1, 8, 9])  # two of cluster 0 (weight 8/2 = 4 each), both of cluster 1 (1 each)
+    w = pool_weights(slide[pool], slide)
+    np.testing.assert_allclose(w, [4.0, 4.0, 1.0, 1.0])
+    sim = np.array(
+        [[1.0, 0.5, 0.1, 0.2], [0.5, 1.0, 0.0, 0.1], [0.1, 0.0, 1.0, 0.8], [0.2, 0.1, 0.8, 1.0]], dtype=np.float32
+    )
+    obj = SummaryObjective(sim, None, teacher_weight=0.0, weights=w)
+    # subset {0}: best cosines 1, 0.5, 0.1, 0.2 -> (4*1 + 4*0.5 + 0.1 + 0.2) / 10
+    assert obj(np.array([[0]]))[0] == pytest.approx(0.63)
+    unweighted = SummaryObjective(sim, None, teacher_weight=0.0)
+    assert unweighted(np.array([[0]]))[0] == pytest.approx((1 + 0.5 + 0.1 + 0.2) / 4)
+    # the next facility-location pick after {0}: weighted, patch 1 gains 4*(1-0.5) = 2 > patch 2's
+    # 1*(1-0.1) + 1*(0.8-0.2) = 1.5; unweighted, 0.5 < 1.5 and the small cluster comes first
+    assert facility_location_greedy(sim, 1, np.array([0]), w)[1] == 1
+    assert facility_location_greedy(sim, 1, np.array([0]))[1] == 2
 
 
 def test_budget_aware_pretraining_draws_every_size() -> None:
@@ -157,5 +194,7 @@ def test_summary_bag_records_the_quota(tmp_path: Path) -> None:
     assert a.score >= a.attrs["random_best_score"]
     noteacher = WSISumSampler(str(ckpt), teacher_weight=0.0, label="wsisum-noteacher")
     assert noteacher.name == "wsisum-noteacher" and not noteacher.needs_teachers
+    # every variant draws the default's stream, so an ablation differs only by its switch
+    np.testing.assert_array_equal(noteacher.rng("s").random(4), WSISumSampler(str(ckpt)).rng("s").random(4))
     c = noteacher.select(bag.features, 16, slide_id="dsA-000", coords=bag.coords)
     assert len(c.indices) == 16

@@ -208,6 +208,19 @@ def _samplers(df: pd.DataFrame, by: str = "sampler") -> list[str]:
     return sorted({str(s) for s in df[by].dropna().unique()})
 
 
+def compare_pairs(
+    df: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric: str, sort_by: str, **kwargs
+) -> pd.DataFrame:
+    """`paired_differences` of every (candidate, baseline) in `pairs`, stacked and sorted by the
+    group keys then `sort_by`; empty (with the columns) when no pair has data."""
+    keys = kwargs.pop("keys", GROUP_KEYS)
+    frames = [paired_differences(df, c, b, metric, keys, **kwargs) for c, b in pairs]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return _frame([], [*keys, *PAIRED_COLUMNS])
+    return pd.concat(frames, ignore_index=True).sort_values([*keys, sort_by], ignore_index=True)
+
+
 def winner_matrix(
     df: pd.DataFrame,
     candidate: str = REFERENCE,
@@ -218,27 +231,17 @@ def winner_matrix(
     """`paired_differences` of the candidate against every baseline at the same budget (default:
     every sampler but the candidate, its `<candidate>-*` ablations and full bags). Empty (with the
     columns) when the candidate is absent. kwargs go to `paired_differences`."""
-    keys = kwargs.pop("keys", GROUP_KEYS)
     if baselines is None:
         names = _samplers(df, kwargs.get("by", "sampler"))
         baselines = [s for s in names if s not in (candidate, FULL) and not is_variant(s, candidate)]
-    frames = [paired_differences(df, candidate, b, metric, keys, **kwargs) for b in baselines]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        return _frame([], [*keys, *PAIRED_COLUMNS])
-    return pd.concat(frames, ignore_index=True).sort_values([*keys, "baseline"], ignore_index=True)
+    return compare_pairs(df, [(candidate, b) for b in baselines], metric, "baseline", **kwargs)
 
 
 def ablation(df: pd.DataFrame, reference: str = REFERENCE, metric: str = "test_auroc", **kwargs) -> pd.DataFrame:
     """Each `<reference>-<variant>` sampler (candidate) against the reference (baseline): a `loss`
     means the variant is worse, i.e. what it removes helps."""
-    keys = kwargs.pop("keys", GROUP_KEYS)
     variants = [v for v in _samplers(df, kwargs.get("by", "sampler")) if is_variant(v, reference)]
-    frames = [paired_differences(df, v, reference, metric, keys, **kwargs) for v in variants]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        return _frame([], [*keys, *PAIRED_COLUMNS])
-    return pd.concat(frames, ignore_index=True).sort_values([*keys, "candidate"], ignore_index=True)
+    return compare_pairs(df, [(v, reference) for v in variants], metric, "candidate", **kwargs)
 
 
 def retention(

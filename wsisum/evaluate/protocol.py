@@ -25,10 +25,10 @@ from omegaconf import DictConfig
 
 from wsisum.data.atomic import atomic_path
 from wsisum.data.bad_slides import BadSlideLedger
-from wsisum.data.datamodules import ClassificationDataModule
 from wsisum.data.datasets import BagDataset
 from wsisum.data.splits import PARTS
 from wsisum.errors import InputError
+from wsisum.evaluate.folds import fold_datamodule
 from wsisum.evaluate.replicas import BagStore, ReplicaResult, ReplicaSettings, ReplicaSpec, fit_replicas
 from wsisum.evaluate.results import METRICS_FILE, RunLabel, rows_for_fold, write_metrics
 from wsisum.evaluate.runner import (
@@ -116,20 +116,7 @@ def load_task_bags(cfg: DictConfig, task: TaskSpec, folds: Sequence[int], out_di
     where: dict[int, str] = {}
     sources: dict[str, tuple[str, int]] = {}  # slide id -> (bag path, target)
     for fold in folds:
-        dm = ClassificationDataModule(
-            root=cfg.data.root,
-            task=task.name,
-            classes=task.classes,
-            fold=fold,
-            bags=cfg.bags,
-            datasets=task.datasets or cfg.data.get("datasets"),
-            labels_path=task.labels,
-            splits_dir=task.splits_dir,
-            allow_leakage=bool(cfg.get("allow_leakage", False)),
-            on_bad_slide=on_bad,
-        )
-        dm.setup()
-        BadSlideLedger(out_dir, f"setup-fold{fold}").add_all(dm.skipped)
+        dm = fold_datamodule(cfg, task, fold, out_dir)
         label = label or run_label(cfg, task, dm)
         assert dm.labels is not None and dm.split is not None
         classes = list(dm.labels.classes)

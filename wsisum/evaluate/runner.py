@@ -28,12 +28,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from wsisum.data.atomic import atomic_path
-from wsisum.data.bad_slides import BadSlideLedger, read_ledger
+from wsisum.data.bad_slides import read_ledger
 from wsisum.data.bags import bag_info
 from wsisum.data.datamodules import ClassificationDataModule
 from wsisum.data.labels import _examples, read_labels
 from wsisum.data.splits import read_split, split_files
 from wsisum.errors import InputError, positive_int
+from wsisum.evaluate.folds import fold_datamodule
 from wsisum.evaluate.results import FULL, METRICS_FILE, RunLabel, rows_for_fold, write_metrics
 from wsisum.evaluate.tasks import TaskSpec
 from wsisum.lit.bad_slides import BadSlideCallback
@@ -262,23 +263,9 @@ def evaluate_fold(
     with open_dict(cfg):
         cfg.fold = fold  # callbacks and loggers may interpolate ${fold}
     L.seed_everything(int(cfg.seed) + fold, workers=True, verbose=False)
-    dm = ClassificationDataModule(
-        root=cfg.data.root,
-        task=task.name,
-        classes=task.classes,
-        fold=fold,
-        bags=cfg.bags,
-        datasets=task.datasets or cfg.data.get("datasets"),
-        labels_path=task.labels,
-        splits_dir=task.splits_dir,
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        seed=int(cfg.seed),
-        allow_leakage=bool(cfg.get("allow_leakage", False)),
-        on_bad_slide=str(cfg.data.get("on_bad_slide", "skip")),
+    dm = fold_datamodule(
+        cfg, task, fold, out_dir, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=int(cfg.seed)
     )
-    dm.setup()
-    BadSlideLedger(out_dir, f"setup-fold{fold}").add_all(dm.skipped)
     label = label or run_label(cfg, task, dm)
     assert dm.labels is not None and dm.feature_dim is not None
     classes = list(dm.labels.classes)

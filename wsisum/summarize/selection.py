@@ -1,7 +1,11 @@
 """WSISum's summary selection with both levels of the method in its objective.
 
-score(S) = teacher_weight * cos(student slide outputs on S, teacher target)        (slide level)
-         + coverage_weight * mean over pool patches p of max_{s in S} cos(x_p, x_s)   (patch level)
+score(S) = teacher_weight * cos(student slide outputs on S, teacher target)          (slide level)
+         + coverage_weight * sum_p w_p max_{s in S} cos(x_p, x_s) / sum_p w_p            (patch level)
+
+The weights w_p undo the pool's stratification (`pool_weights`): a rare-aware pool over-draws small
+clusters so that they can be searched, and unweighted coverage would then ask for them as if they
+were a large part of the slide, which at 16 patches costs the dominant (label-carrying) morphologies.
 
 The slide-level term alone cannot ask for a 3-patch lesion (the slide embedding barely moves), and
 the original's random search scores a vanishing share of C(500, K). Here:
@@ -42,15 +46,18 @@ class SummaryObjective:
         teacher: TeacherScore | None,
         teacher_weight: float = 1.0,
         coverage_weight: float = 1.0,
+        weights: np.ndarray | None = None,
     ):
         self.sim = torch.from_numpy(np.ascontiguousarray(similarity, dtype=np.float32))
+        w = np.ones(self.sim.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+        self.weights = torch.from_numpy((w / w.sum()).astype(np.float32))
         self.teacher = teacher if teacher_weight else None
         self.teacher_weight, self.coverage_weight = float(teacher_weight), float(coverage_weight)
         self.n_scored = 0
 
     def coverage(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B, K) -> (B,) mean over pool patches of their best cosine to the subset."""
-        return self.sim[:, idx].amax(-1).mean(0)
+        """(B, K) -> (B,) weighted mean over pool patches of their best cosine to the subset."""
+        return self.weights @ self.sim[:, idx].amax(-1)
 
     def __call__(self, idx: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
@@ -63,8 +70,23 @@ class SummaryObjective:
         return score.numpy().astype(np.float64)
 
 
-def facility_location_greedy(similarity: np.ndarray, k: int, fixed: np.ndarray) -> np.ndarray:
-    """`fixed` plus k greedy additions, each maximising the gain in sum_p max_{s in S} sim(p, s).
+def pool_weights(pool_clusters: np.ndarray, slide_clusters: np.ndarray) -> np.ndarray:
+    """Each pool patch's share of the slide: (slide patches of its cluster) / (pool patches of it).
+
+    The inverse of its cluster's inclusion rate (a Horvitz-Thompson weight), so a weighted mean over
+    the pool estimates the same mean over the whole slide whatever the pool's allocation.
+    """
+    pool_clusters = np.asarray(pool_clusters, dtype=np.int64)
+    n = max(int(pool_clusters.max(initial=-1)), int(np.max(slide_clusters, initial=-1))) + 1
+    in_slide = np.bincount(np.asarray(slide_clusters, dtype=np.int64), minlength=n)
+    in_pool = np.bincount(pool_clusters, minlength=n)
+    return in_slide[pool_clusters] / np.maximum(in_pool[pool_clusters], 1)
+
+
+def facility_location_greedy(
+    similarity: np.ndarray, k: int, fixed: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """`fixed` plus k greedy additions, each maximising the gain in sum_p w_p max_{s in S} sim(p, s).
 
     Plain (not lazy) greedy: at pool sizes (hundreds) one vectorised gain per step costs microseconds.
     """
@@ -74,8 +96,9 @@ def facility_location_greedy(similarity: np.ndarray, k: int, fixed: np.ndarray) 
     cur = sim[:, chosen].max(1) if chosen else np.full(p, -1.0, dtype=np.float32)
     taken = np.zeros(p, dtype=bool)
     taken[chosen] = True
+    w = np.ones(p, dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
     for _ in range(min(k, p - len(chosen))):
-        gain = np.maximum(sim - cur[:, None], 0.0).sum(0)
+        gain = w @ np.maximum(sim - cur[:, None], 0.0)
         gain[taken] = -np.inf
         j = int(np.argmax(gain))
         chosen.append(j)
@@ -122,7 +145,7 @@ def guided_search(
     """Quota + facility-location start, against `n_random` random candidates, then swap refinement."""
     pool = similarity.shape[0]
     quota = np.asarray(quota, dtype=np.int64)[:k]
-    start = facility_location_greedy(similarity, k - len(quota), quota)
+    start = facility_location_greedy(similarity, k - len(quota), quota, objective.weights.numpy())
     cands = (
         np.concatenate([start[None], random_completions(rng, n_random, pool, quota, k)]) if n_random else start[None]
     )
