@@ -163,6 +163,7 @@ def test_wsisum_sampler_names_slides_and_teachers_its_checkpoint_cannot_score(
         f"data.root={broken}",
         "sampler=wsisum",
         f"sampler.ckpt_path={ckpt}",
+        "sampler.teacher_weight=1.0",
         "sampler.n_candidates=8",
         "sampler.refine_rounds=0",
         "budget=3",

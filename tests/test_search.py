@@ -113,7 +113,7 @@ def test_teacher_free_mode_needs_no_teacher_files(tmp_path: Path, trained) -> No
     )
     assert report.ok, report.failed
     with_teacher = summarize_cohort(
-        Cohort(bare), WSISumSampler(str(ckpt), n_candidates=64), 8, tmp_path / "t", progress=False
+        Cohort(bare), WSISumSampler(str(ckpt), n_candidates=64, teacher_weight=1.0), 8, tmp_path / "t", progress=False
     )
     assert len(with_teacher.failed) == 10
     assert "use sampler.target=self" in next(iter(with_teacher.failed.values()))
@@ -135,7 +135,7 @@ def test_deterministic(trained) -> None:
     teachers = {t: np.full(d, 0.5, np.float32) for t, d in TEACHERS.items()}
 
     def run(seed: int) -> np.ndarray:
-        s = WSISumSampler(str(ckpt), seed=seed, n_candidates=128)
+        s = WSISumSampler(str(ckpt), seed=seed, n_candidates=128, teacher_weight=1.0)
         return s.select(bag.features, 10, slide_id="dsA-003", coords=bag.coords, teachers=teachers).indices
 
     np.testing.assert_array_equal(run(0), run(0))
@@ -144,7 +144,10 @@ def test_deterministic(trained) -> None:
 
 def test_config_errors(trained, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="needs ckpt_path"):
-        WSISumSampler(None)
+        WSISumSampler(None, teacher_weight=1.0)
+    with pytest.raises(InputError, match="needs ckpt_path"):
+        WSISumSampler(None, selection="random")
+    assert not WSISumSampler(None).needs_model  # the default (patch level only) needs no model
     with pytest.raises(InputError, match="checkpoint not found"):
         WSISumSampler(str(tmp_path / "none.ckpt"))
     with pytest.raises(InputError, match="'teacher' or 'self'"):

@@ -215,8 +215,8 @@ class WSISumSampler(Sampler):
         rare_quota: float = 0.2,
         summary_quota: float = 0.25,
         composition_patches: int = 16,
-        coverage_weighting: str = "slide",
-        teacher_weight: float = 1.0,
+        coverage_weighting: str = "pool",
+        teacher_weight: float = 0.0,
         coverage_weight: float = 1.0,
         n_random: int = 7,
         n_candidates: int = 1024,
@@ -230,7 +230,9 @@ class WSISumSampler(Sampler):
         label: str | None = None,
     ):
         super().__init__(seed)
-        if ckpt_path is None:
+        # the model scores candidates only for the slide-level term, random search or the original's mask
+        self.needs_model = bool(faithful) or selection != "guided" or float(teacher_weight) != 0.0
+        if ckpt_path is None and self.needs_model:
             raise InputError(
                 None, "sampler=wsisum needs ckpt_path=<a wsisum-train checkpoint> (e.g. .../checkpoints/last.ckpt)"
             )
@@ -248,8 +250,8 @@ class WSISumSampler(Sampler):
         for key, value in (("rare_quota", rare_quota), ("summary_quota", summary_quota)):
             if not 0.0 <= float(value) <= 1.0:
                 raise InputError(None, f"sampler.{key} must be in [0, 1], got {value}")
-        self.ckpt_path = str(ckpt_path)
-        self.teacher_names = checkpoint_teachers(ckpt_path)
+        self.ckpt_path = None if ckpt_path is None else str(ckpt_path)
+        self.teacher_names = checkpoint_teachers(ckpt_path) if ckpt_path is not None else []  # a bad path fails now
         self.pool_size, self.n_clusters, self.target = int(pool_size), int(n_clusters), target
         self.selection, self.summary_quota = selection, float(summary_quota)
         self.composition_patches, self.coverage_weighting = int(composition_patches), coverage_weighting
@@ -264,7 +266,7 @@ class WSISumSampler(Sampler):
         self.n_candidates, self.batch_size, self.patience = int(n_candidates), int(batch_size), patience
         self.min_delta, self.refine_rounds, self.refine_batch = float(min_delta), int(refine_rounds), int(refine_batch)
         self.faithful, self.device = bool(faithful), device
-        self.needs_teachers = target == "teacher" and (teacher_weight != 0 or selection != "guided")
+        self.needs_teachers = target == "teacher" and self.needs_model
         if label:  # an ablation variant is its own sampler in summaries and metrics (e.g. wsisum-noquota)
             self.name = str(label)
 
@@ -293,11 +295,19 @@ class WSISumSampler(Sampler):
 
     def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         t0 = time.perf_counter()
-        device = resolve_device(self.device)
-        module = load_summarizer(self.ckpt_path, device)
-        check_dims(module, features, context.get("teachers") or {}, context.get("teacher_paths") or {}, self.ckpt_path)
         pool, quota, weights = self.build_pool(slide_id, features, budget)
         feats = torch.from_numpy(np.asarray(features[pool], dtype=np.float32))
+        if not self.needs_model:  # patch level only: no model forward at all
+            sim = cosine_matrix(feats.numpy())
+            objective = SummaryObjective(sim, None, 0.0, self.coverage_weight, weights)
+            res = guided_search(
+                objective, sim, budget, quota, rng, self.n_random, self.refine_rounds, self.refine_batch
+            )
+            return self.selection_of(pool, res, t0)
+        device = resolve_device(self.device)
+        assert self.ckpt_path is not None
+        module = load_summarizer(self.ckpt_path, device)
+        check_dims(module, features, context.get("teachers") or {}, context.get("teacher_paths") or {}, self.ckpt_path)
         c = torch.from_numpy(np.asarray(coords[pool])) if coords is not None else torch.full((len(pool), 2), -1)
         scorer = CandidateScorer(module, feats, grid_positions(c), device)
         if self.needs_teachers:
@@ -331,6 +341,10 @@ class WSISumSampler(Sampler):
             res = guided_search(
                 objective, sim, budget, quota, rng, self.n_random, self.refine_rounds, self.refine_batch
             )
+        return self.selection_of(pool, res, t0)
+
+    def selection_of(self, pool: np.ndarray, res: dict[str, Any], t0: float) -> Selection:
+        """The chosen pool positions as bag indices, with the search's figures as summary attrs."""
         attrs = {
             "first_score": res["first_score"],
             "n_scored": res["n_scored"],
@@ -346,7 +360,7 @@ class WSISumSampler(Sampler):
         return super().describe() | {
             "target": self.target,
             "faithful": self.faithful,
-            "checkpoint": Path(self.ckpt_path).name,
+            "checkpoint": Path(self.ckpt_path).name if self.ckpt_path else None,
             "pool_size_config": self.pool_size,
             "selection": self.selection,
             "summary_quota": self.summary_quota,
