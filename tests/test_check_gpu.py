@@ -83,7 +83,7 @@ def test_small_run_on_cpu(tmp_path: Path) -> None:
 
     sm = rows[("summarize", "cpu")]["figures"]
     assert sm["slides"] == 2 and len(sm["scores"]) == 2 and sm["s_per_slide"] > 0
-    # score = teacher cosine (in [-1, 1]) + coverage (in [-1, 1]) under the default weights of 1
+    # score = teacher_weight x teacher cosine + coverage, each in [-1, 1]; at most 2 with both weights 1
     assert all(-1 <= s <= 2 for s in sm["scores"]) and min(sm["n_scored"]) > 1  # a real search, not one mask
     assert sm["repeat_overlap"] == 1.0 and sm["repeat_score_diff"] == 0.0  # CPU vs CPU: the same summary
 

@@ -293,17 +293,8 @@ class WSISumSampler(Sampler):
             weights = pool_weights(assign[pool], assign)
         return pool, quota, weights
 
-    def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
-        t0 = time.perf_counter()
-        pool, quota, weights = self.build_pool(slide_id, features, budget)
-        feats = torch.from_numpy(np.asarray(features[pool], dtype=np.float32))
-        if not self.needs_model:  # patch level only: no model forward at all
-            sim = cosine_matrix(feats.numpy())
-            objective = SummaryObjective(sim, None, 0.0, self.coverage_weight, weights)
-            res = guided_search(
-                objective, sim, budget, quota, rng, self.n_random, self.refine_rounds, self.refine_batch
-            )
-            return self.selection_of(pool, res, t0)
+    def candidate_scorer(self, features, pool, feats, coords, context) -> CandidateScorer:
+        """The pretrained student scoring subsets of this slide's pool against its target."""
         device = resolve_device(self.device)
         assert self.ckpt_path is not None
         module = load_summarizer(self.ckpt_path, device)
@@ -319,6 +310,14 @@ class WSISumSampler(Sampler):
             scorer.set_teacher_target(teachers)
         elif self.target == "self":
             scorer.set_self_target()
+        return scorer
+
+    def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
+        t0 = time.perf_counter()
+        pool, quota, weights = self.build_pool(slide_id, features, budget)
+        feats = torch.from_numpy(np.asarray(features[pool], dtype=np.float32))
+        # patch level only (the default): no model, no forward
+        scorer = self.candidate_scorer(features, pool, feats, coords, context) if self.needs_model else None
         if self.faithful:  # the original: one random mask, no search
             res = search(scorer, len(pool), budget, rng, n_candidates=1, batch_size=1, patience=None, refine_rounds=0)
         elif self.selection == "random":
@@ -336,15 +335,10 @@ class WSISumSampler(Sampler):
             )
         else:
             sim = cosine_matrix(feats.numpy())
-            teacher = scorer if self.needs_teachers or self.target == "self" else None
-            objective = SummaryObjective(sim, teacher, self.teacher_weight, self.coverage_weight, weights)
+            objective = SummaryObjective(sim, scorer, self.teacher_weight, self.coverage_weight, weights)
             res = guided_search(
                 objective, sim, budget, quota, rng, self.n_random, self.refine_rounds, self.refine_batch
             )
-        return self.selection_of(pool, res, t0)
-
-    def selection_of(self, pool: np.ndarray, res: dict[str, Any], t0: float) -> Selection:
-        """The chosen pool positions as bag indices, with the search's figures as summary attrs."""
         attrs = {
             "first_score": res["first_score"],
             "n_scored": res["n_scored"],

@@ -77,9 +77,8 @@ def pool_weights(pool_clusters: np.ndarray, slide_clusters: np.ndarray) -> np.nd
     the pool estimates the same mean over the whole slide whatever the pool's allocation.
     """
     pool_clusters = np.asarray(pool_clusters, dtype=np.int64)
-    n = max(int(pool_clusters.max(initial=-1)), int(np.max(slide_clusters, initial=-1))) + 1
-    in_slide = np.bincount(np.asarray(slide_clusters, dtype=np.int64), minlength=n)
-    in_pool = np.bincount(pool_clusters, minlength=n)
+    in_slide = np.bincount(np.asarray(slide_clusters, dtype=np.int64))  # the pool is a subset of the slide
+    in_pool = np.bincount(pool_clusters, minlength=len(in_slide))
     return in_slide[pool_clusters] / np.maximum(in_pool[pool_clusters], 1)
 
 
