@@ -79,14 +79,14 @@ def test_3_patch_lesion_reaches_pool_and_summary(tmp_path: Path) -> None:
     make_cohort(root, {"dsA": [300, 200, 150, 120, 100, 90]}, dim=x.shape[1], teachers=TEACHERS)
     ckpt = _train(root, tmp_path / "run")
     teachers = {t: np.ones(d, np.float32) for t, d in TEACHERS.items()}
-    sampler = WSISumSampler(str(ckpt))
+    sampler = WSISumSampler(str(ckpt), composition_patches=16)
     sel = sampler.select(x, 32, slide_id="s", teachers=teachers)
     assert sel.attrs["n_quota"] == quota_size(32, sampler.summary_quota, sampler.composition_patches) == 4
     assert set(lesion) & set(sel.indices)  # the rare morphology is represented
     small = sampler.select(x, 16, slide_id="s", teachers=teachers)
     assert small.attrs["n_quota"] == 0  # the first 16 patches describe the composition
-    everywhere = WSISumSampler(str(ckpt), composition_patches=0).select(x, 16, slide_id="s", teachers=teachers)
-    assert everywhere.attrs["n_quota"] == 4 and set(lesion) & set(everywhere.indices)
+    everywhere = WSISumSampler(str(ckpt)).select(x, 16, slide_id="s", teachers=teachers)  # the default: no
+    assert everywhere.attrs["n_quota"] == 4 and set(lesion) & set(everywhere.indices)  # composition-first part
 
 
 def _objective(seed: int = 0) -> tuple[SummaryObjective, np.ndarray]:

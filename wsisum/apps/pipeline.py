@@ -119,6 +119,7 @@ def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstr
                 f"out_dir={out}",
                 f"workers={cfg.summarize.workers}",
                 f"seed={cfg.seed}",
+                f"cache_dir={study.run_dir / 'cache'}",
                 f"paths.output_dir={study.run_dir / 'logs' / 'summarize' / label}",
             ]
             needs = list(upstream)

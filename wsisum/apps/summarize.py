@@ -33,6 +33,7 @@ def summarize(cfg: DictConfig) -> RunReport:
         progress=bool(cfg.progress),
         trainer=trainer,
         stop_on_error=stop_on_error,
+        cache_dir=cfg.get("cache_dir"),
     )
     if trainer is not None and not trainer.is_global_zero:
         return report  # rank 0 reports for everyone

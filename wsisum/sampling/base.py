@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,10 @@ class Sampler(ABC):
 
     def rng(self, slide_id: str) -> np.random.Generator:
         return rng_for(self.seed, slide_id, self.name)
+
+    def prepare(self, cohort: Any, cache_dir: str | Path | None = None) -> None:
+        """Cohort-level state fitted before the first slide (e.g. `wsisum`'s codebook); most need none."""
+        return None
 
     def select(
         self,

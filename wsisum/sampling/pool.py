@@ -17,7 +17,7 @@ import torch
 from wsisum.data.atomic import atomic_path
 from wsisum.sampling.allocation import allocate
 from wsisum.sampling.kmeans import kmeans
-from wsisum.sampling.rare import outlier_scores, weighted_farthest_points
+from wsisum.sampling.rare import outlier_scores, rarity_weights, weighted_farthest_points
 from wsisum.sampling.samplers import draw_per_stratum
 from wsisum.seeding import rng_for
 
@@ -60,26 +60,30 @@ class ClusterCache:
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]  # a changed source file gets a new entry
         return self.directory / (f"{slide_id}.{kind}.{digest}.npz" if kind else f"{slide_id}.{digest}.npz")
 
-    def rare_order(self, slide_id: str, features: np.ndarray, source: str, size: int) -> np.ndarray:
-        """The first `size` patches of the slide's outlier-weighted farthest-point order (cached).
+    def rare_order(
+        self, slide_id: str, features: np.ndarray, source: str, size: int, idf: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The first `size` patches of the slide's outlier-weighted farthest-point order (cached);
+        `idf` (per patch, `cohort_rarity`) weights isolation by how rare each patch is in the cohort.
 
         Greedy farthest-point selection is prefix-consistent, so any shorter quota is a prefix of it.
         """
         size = min(int(size), features.shape[0])
         if size <= 0:
             return np.zeros(0, dtype=np.int64)
-        key = f"rare:{slide_id}"
+        prior = "" if idf is None else hashlib.sha1(np.ascontiguousarray(idf, dtype=np.float64)).hexdigest()[:8]
+        key = f"rare:{slide_id}:{prior}"
         cached = self._memory.get(key)
         if cached is not None and len(cached) >= size:
             return cached[:size]
-        path = self._file(slide_id, source, f"rare{size}")
+        path = self._file(slide_id, source, f"rare{size}{prior}")
         if path is not None and path.is_file():
             with np.load(path, allow_pickle=False) as z:
                 order = z["order"]
             if len(order) == size and (order < features.shape[0]).all():
                 self._memory[key] = order
                 return order
-        w = outlier_scores(features, seed=self.seed, slide_id=slide_id)
+        w = rarity_weights(outlier_scores(features, seed=self.seed, slide_id=slide_id), idf)
         order = weighted_farthest_points(features, size, w)
         if path is not None:
             with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -133,14 +137,21 @@ class PoolTransform:
     def rare_count(self, size: int) -> int:
         return round(self.rare_quota * size)
 
-    def pool_indices(self, slide_id: str, features: np.ndarray, source: str, epoch: int | None = None) -> np.ndarray:
+    def pool_indices(
+        self,
+        slide_id: str,
+        features: np.ndarray,
+        source: str,
+        epoch: int | None = None,
+        idf: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Sorted pool: `rare_quota` of it from the outlier-weighted farthest-point order (the slide's
-        isolated patches, the same every epoch), the rest a seeded cluster-stratified draw of the others,
-        size**allocation_power per cluster with at least `min_per_cluster`."""
+        isolated patches, the same every epoch; cohort-weighted with `idf`), the rest a seeded cluster-
+        stratified draw of the others, size**allocation_power per cluster with at least `min_per_cluster`."""
         n = features.shape[0]
         if self.pool_size is None or n <= self.pool_size:
             return np.arange(n)
-        rare = self.cache.rare_order(slide_id, features, source, self.rare_count(self.pool_size))
+        rare = self.cache.rare_order(slide_id, features, source, self.rare_count(self.pool_size), idf)
         assign = self.cache.assignments(slide_id, features, source).astype(np.int64)
         free = np.ones(n, dtype=bool)
         free[rare] = False

@@ -20,6 +20,8 @@ import numpy as np
 
 from wsisum.seeding import rng_for
 
+IDF_FLOOR = 0.1  # a patch whose visual word is on every slide keeps a tenth of the weight of idf 1
+
 
 def outlier_scores(
     features: np.ndarray, k: int = 5, reference: int = 8192, seed: int = 0, slide_id: str = ""
@@ -49,6 +51,12 @@ def outlier_scores(
     score = d.mean(1).astype(np.float64)
     med = float(np.median(score))
     return score / med if med > 0 else np.ones(n, dtype=np.float64)
+
+
+def rarity_weights(isolation: np.ndarray, idf: np.ndarray | None) -> np.ndarray:
+    """Weights of the rare-quota order: per-slide isolation times cohort rarity (`cohort_rarity`)
+    when known. Words found on every slide keep IDF_FLOOR, so isolation still orders them."""
+    return isolation if idf is None else isolation * (IDF_FLOOR + np.asarray(idf, dtype=np.float64))
 
 
 def weighted_farthest_points(

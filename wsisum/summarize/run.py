@@ -55,7 +55,7 @@ def select_for_job(job: SlideJob, sampler: Sampler, budget: int) -> tuple[Bag, S
     """Read one slide (and its teachers, when the sampler needs them) and select its summary.
     Raises InputError naming the file; shared by the process-pool and the Lightning paths."""
     bag = read_bag(job.bag_path)
-    context = {}
+    context: dict[str, Any] = {"dataset": job.dataset}
     if sampler.needs_teachers:
         context["teachers"] = {t: (read_embedding(p) if p else None) for t, p in job.teacher_paths}
         context["teacher_paths"] = dict(job.teacher_paths)  # to name a bad teacher file
@@ -149,12 +149,14 @@ def summarize_cohort(
     progress: bool = True,
     trainer: Any = None,
     stop_on_error: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> RunReport:
     """Write one summary bag per slide under `out_dir`.
 
     `workers` > 0 uses that many CPU processes; a Lightning `trainer` (e.g. DDP over GPUs or nodes)
     runs the slides through `trainer.predict` instead. Both write the same files. A bad slide is
     reported and the rest go on, unless `stop_on_error` (process path: the slides in flight finish).
+    `cache_dir` keeps what a sampler fits on the whole cohort (`Sampler.prepare`) for the next run.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -163,6 +165,7 @@ def summarize_cohort(
         removed = remove_stale_temps(out_dir)  # only one process may clean, never while others write
         if removed:
             log.info("removed %d partial file(s) left by an interrupted run", removed)
+    sampler.prepare(cohort, cache_dir)  # before the workers get their copy of the sampler
     if trainer is not None:
         from wsisum.summarize.predict import summarize_with_trainer  # predict builds on this module
 

@@ -22,6 +22,7 @@ import torch
 from wsisum.errors import InputError
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.sampling.base import Sampler, Selection
+from wsisum.sampling.cohort_rarity import Codebook, cohort_codebook
 from wsisum.sampling.pool import PoolTransform, grid_positions
 from wsisum.seeding import rng_for
 from wsisum.summarize.selection import (
@@ -186,6 +187,7 @@ def check_dims(
 
 SELECTIONS = ("guided", "random")
 COVERAGE_WEIGHTINGS = ("slide", "pool")  # slide: each pool patch weighted by its share of the slide
+RARITIES = ("cohort", "slide")  # cohort: isolation weighted by visual-word idf over the cohort (cohort_rarity.py)
 
 
 def quota_size(budget: int, share: float, composition_patches: int) -> int:
@@ -214,8 +216,11 @@ class WSISumSampler(Sampler):
         min_per_cluster: int = 1,
         rare_quota: float = 0.2,
         summary_quota: float = 0.25,
-        composition_patches: int = 16,
+        composition_patches: int = 0,
         coverage_weighting: str = "pool",
+        rarity: str = "cohort",
+        codebook_words: int = 128,
+        codebook_per_slide: int = 400,
         teacher_weight: float = 0.0,
         coverage_weight: float = 1.0,
         n_random: int = 7,
@@ -245,6 +250,8 @@ class WSISumSampler(Sampler):
                 None,
                 f"sampler.coverage_weighting must be one of {', '.join(COVERAGE_WEIGHTINGS)}, got {coverage_weighting!r}",
             )
+        if rarity not in RARITIES:
+            raise InputError(None, f"sampler.rarity must be one of {', '.join(RARITIES)}, got {rarity!r}")
         if int(composition_patches) < 0:
             raise InputError(None, f"sampler.composition_patches must be >= 0, got {composition_patches}")
         for key, value in (("rare_quota", rare_quota), ("summary_quota", summary_quota)):
@@ -266,6 +273,8 @@ class WSISumSampler(Sampler):
         self.n_candidates, self.batch_size, self.patience = int(n_candidates), int(batch_size), patience
         self.min_delta, self.refine_rounds, self.refine_batch = float(min_delta), int(refine_rounds), int(refine_batch)
         self.faithful, self.device = bool(faithful), device
+        self.rarity, self.codebook_words, self.codebook_per_slide = rarity, int(codebook_words), int(codebook_per_slide)
+        self.codebooks: dict[str, Codebook] = {}  # dataset -> visual words, fitted by `prepare`
         self.needs_teachers = target == "teacher" and self.needs_model
         if label:  # an ablation variant is its own sampler in summaries and metrics (e.g. wsisum-noquota)
             self.name = str(label)
@@ -275,16 +284,32 @@ class WSISumSampler(Sampler):
         from the default only by its switch, not also by its random candidates and swaps."""
         return rng_for(self.seed, slide_id, WSISumSampler.name)
 
-    def build_pool(self, slide_id: str, features: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def prepare(self, cohort: Any, cache_dir: str | Path | None = None) -> None:
+        """`rarity=cohort`: one visual-word codebook per dataset of the cohort (cached in `cache_dir`)."""
+        if self.rarity != "cohort":
+            return
+        for dataset in cohort.datasets:
+            bags = [(sid, rec.bag_path) for sid, rec in cohort.slides.items() if rec.dataset == dataset]
+            self.codebooks[dataset] = cohort_codebook(
+                dataset, bags, cache_dir, self.codebook_words, self.codebook_per_slide, self.seed
+            )
+
+    def build_pool(
+        self, slide_id: str, features: np.ndarray, budget: int, dataset: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pool indices into the bag, sorted; pool positions of the summary's rare quota; each pool
-        patch's coverage weight)."""
+        patch's coverage weight). A slide outside every prepared cohort gets per-slide rarity only."""
         transform = PoolTransform(max(self.pool_size, budget), self.n_clusters, self.seed, **self.pool)
-        pool = transform.pool_indices(slide_id, features, "")
+        book = self.codebooks.get(dataset) if dataset is not None else None
+        idf = book.patch_idf(features) if book is not None else None
+        pool = transform.pool_indices(slide_id, features, "", idf=idf)
         guided = self.selection == "guided" and not self.faithful
         n_quota = quota_size(budget, self.summary_quota, self.composition_patches) if guided else 0
         quota = np.zeros(0, dtype=np.int64)
         if n_quota:
-            rare = transform.cache.rare_order(slide_id, features, "", max(n_quota, transform.rare_count(len(pool))))
+            rare = transform.cache.rare_order(
+                slide_id, features, "", max(n_quota, transform.rare_count(len(pool))), idf
+            )
             pool = np.union1d(pool, rare[:n_quota])  # the pool's own rare share is a prefix of the same order
             quota = np.searchsorted(pool, rare[:n_quota])
         weights = np.ones(len(pool))
@@ -314,7 +339,7 @@ class WSISumSampler(Sampler):
 
     def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         t0 = time.perf_counter()
-        pool, quota, weights = self.build_pool(slide_id, features, budget)
+        pool, quota, weights = self.build_pool(slide_id, features, budget, context.get("dataset"))
         feats = torch.from_numpy(np.asarray(features[pool], dtype=np.float32))
         # patch level only (the default): no model, no forward
         scorer = self.candidate_scorer(features, pool, feats, coords, context) if self.needs_model else None
@@ -360,6 +385,9 @@ class WSISumSampler(Sampler):
             "summary_quota": self.summary_quota,
             "composition_patches": self.composition_patches,
             "coverage_weighting": self.coverage_weighting,
+            "rarity": self.rarity,
+            "codebook_words": self.codebook_words,
+            "codebook_per_slide": self.codebook_per_slide,
             "teacher_weight": self.teacher_weight,
             "coverage_weight": self.coverage_weight,
             "n_random": self.n_random,
