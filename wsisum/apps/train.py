@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.apps._lightning import build_trainer, finish_loggers
+from wsisum.checkpoints import load_checkpoint
 from wsisum.data.bad_slides import BadSlideLedger, report_bad_slides
 from wsisum.data.datamodules import PretrainDataModule
 from wsisum.errors import InputError
@@ -75,6 +76,8 @@ def resume_from(ckpt_path: str | None, out_dir: Path) -> str | None:
     if ckpt_path != "auto":
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise InputError(ckpt_path, "checkpoint to resume from not found")
+        if ckpt_path is not None:
+            load_checkpoint(ckpt_path)  # a file from elsewhere is refused before any work starts
         return ckpt_path
     last = out_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -86,8 +89,9 @@ def resume_from(ckpt_path: str | None, out_dir: Path) -> str | None:
 
 @report_input_errors
 def train(cfg: DictConfig) -> dict[str, float]:
-    L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    resume = resume_from(cfg.ckpt_path, out_dir)
+    L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     dm.setup()
     log.info(
@@ -100,7 +104,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     BadSlideLedger(out_dir, "setup").add_all(dm.skipped)
     module = build_module(cfg, dm, out_dir)
     trainer = build_trainer(cfg, [BadSlideCallback(out_dir, cfg.data.on_bad_slide)])
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from(cfg.ckpt_path, out_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
     finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: %s", {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")})

@@ -186,8 +186,10 @@ def read_bag(path: str | Path, *, check_values: bool = True, metadata: bool = Tr
 def _read_pt(path: Path, *, check_values: bool) -> Bag:
     import torch
 
+    from wsisum.checkpoints import safe_torch_load  # torch is slow to import: only for .pt bags
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = safe_torch_load(path)
     except Exception as err:  # torch raises many types for corrupt zips/pickles
         raise InputError(path, f"unreadable .pt file (truncated or corrupt?): {_short(err)}") from None
     coords = None
