@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import lightning as L
 import pandas as pd
 import torch
@@ -32,6 +31,7 @@ from wsisum.data.atomic import atomic_path
 from wsisum.data.bad_slides import read_ledger
 from wsisum.data.bags import bag_info
 from wsisum.data.datamodules import ClassificationDataModule
+from wsisum.data.hdf5 import open_h5
 from wsisum.data.labels import _examples, read_labels
 from wsisum.data.splits import read_split, split_files
 from wsisum.errors import InputError, positive_int
@@ -103,7 +103,7 @@ def summary_attrs(paths: Sequence[Path]) -> tuple[set[str], set[int], list[tuple
         if p.suffix != ".h5":
             continue
         try:
-            with h5py.File(p, "r") as f:
+            with open_h5(p) as f:
                 s, b = _attr(f.attrs.get("sampler")), _attr(f.attrs.get("budget"))
                 sizes.append((p, int(f["features"].shape[0])))
         except (OSError, KeyError) as err:
