@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 # sizes, class weights, EarlyStopping/ModelCheckpoint states) hold only tensors, dicts, lists,
 # tuples, str, int, float, bool and None (tests/test_untrusted_checkpoints.py loads real ones).
 SAFE_TYPES: tuple[type, ...] = ()
+if SAFE_TYPES:  # registered once per process (torch>=2.4; the scoped `safe_globals` needs 2.5)
+    torch.serialization.add_safe_globals(list(SAFE_TYPES))
 REFUSED = "not a wsisum checkpoint, or contains code objects: refused"
 
 ModuleT = TypeVar("ModuleT", bound="L.LightningModule")
@@ -33,7 +35,7 @@ ModuleT = TypeVar("ModuleT", bound="L.LightningModule")
 
 def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
     """`torch.load` restricted to tensors and plain values (+ `SAFE_TYPES`); raises what torch raises."""
-    with torch.serialization.safe_globals(list(SAFE_TYPES)), warnings.catch_warnings():
+    with warnings.catch_warnings():
         # Lightning saves with pickle protocol 4, which the safe unpickler reads but warns about
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return torch.load(path, map_location=map_location, weights_only=True)

@@ -31,6 +31,10 @@ STILL_FLAGGED = (
 NO_LOCKS = "this file system does not support HDF5 file locking: unset HDF5_USE_FILE_LOCKING or set it to FALSE"
 
 
+# `locking=` needs HDF5 >= 1.12.1; an h5py built on an older HDF5 follows HDF5_USE_FILE_LOCKING only
+HAS_LOCKING_ARG = h5py.version.hdf5_version_tuple >= (1, 12, 1)
+
+
 def hdf5_locks_reads() -> bool:
     """True when the user asked HDF5 to lock reads (`HDF5_USE_FILE_LOCKING` set, and not to FALSE)."""
     value = os.environ.get("HDF5_USE_FILE_LOCKING")
@@ -62,7 +66,7 @@ def open_h5(path: str | Path) -> h5py.File:
     if not locked and writer_holds(path):
         raise InputError(path, BEING_WRITTEN)
     try:
-        return h5py.File(path, "r", locking=None if locked else False)
+        return h5py.File(path, "r", locking=None if locked or not HAS_LOCKING_ARG else False)
     except OSError as err:
         text = str(err)
         if "already open for write" in text:  # superblock flags of a writer with libver="latest" or SWMR
