@@ -72,12 +72,13 @@ def build_module(cfg: DictConfig, dm: PretrainDataModule, out_dir: Path) -> Summ
 
 def resume_from(ckpt_path: str | None, out_dir: Path) -> str | None:
     """`ckpt_path=auto`: this run dir's last.ckpt when there is one (a requeued or re-run job with a
-    pinned `hydra.run.dir` picks up where it died), else a fresh start. Any other value is a path."""
+    pinned `hydra.run.dir` picks up where it died), else a fresh start. Any other value is a path,
+    read (weights only) now, so a file from elsewhere is refused before any work."""
     if ckpt_path != "auto":
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise InputError(ckpt_path, "checkpoint to resume from not found")
         if ckpt_path is not None:
-            load_checkpoint(ckpt_path)  # a file from elsewhere is refused before any work starts
+            load_checkpoint(ckpt_path)
         return ckpt_path
     last = out_dir / "checkpoints" / "last.ckpt"
     if last.is_file():

@@ -68,6 +68,7 @@ def _plain_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
 
 
 def short_error(err: BaseException) -> str:
+    """A library's error text as one short line, for the one-line messages built from it."""
     text = " ".join(str(err).split())
     return text if len(text) <= 160 else text[:157] + "..."
 
