@@ -14,10 +14,10 @@ import argparse
 import time
 from pathlib import Path
 
-import h5py
 from omegaconf import OmegaConf
 
 from wsisum.data.datamodules import ClassificationDataModule
+from wsisum.data.hdf5 import open_h5
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def plain_loop(paths: list[str]) -> int:
     nbytes = 0
     for p in paths:
-        with h5py.File(p, "r") as f:
+        with open_h5(p) as f:
             feats = f["features"][()]
             coords = f["coords"][()]
         nbytes += feats.nbytes + coords.nbytes

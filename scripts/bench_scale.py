@@ -182,14 +182,15 @@ def _app(name: str) -> list[str]:
 
 def check_summaries(out_dir: Path, cohort, sizes: dict[str, int], budget: int) -> str | None:
     """None when every slide has a valid summary, else what is wrong with the first bad one."""
-    import h5py
     import numpy as np
+
+    from wsisum.data.hdf5 import open_h5
 
     for sid, rec in cohort.slides.items():
         path = out_dir / rec.dataset / f"{sid}.h5"
         if not path.is_file():
             return f"{path}: missing"
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             idx, rows, n_source = f["indices"][()], f["features"].shape[0], int(f.attrs["n_source"])
         if rows != budget or len(np.unique(idx)) != budget or idx.min() < 0 or idx.max() >= n_source:
             return f"{path}: {rows} rows, {len(np.unique(idx))} unique indices in [{idx.min()}, {idx.max()}]"

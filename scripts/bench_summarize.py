@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from wsisum.lit.pretrain import SummarizerPretraining
-from wsisum.summarize.search import CandidateScorer, quota_size, random_candidates
+from wsisum.summarize.search import CandidateScorer, load_summarizer, quota_size, random_candidates
 from wsisum.summarize.selection import SummaryObjective, cosine_matrix, guided_search, random_completions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ TEACHERS = {"TITAN": 768, "CHIEF": 768, "PRISM": 1280}
 
 def build(model: str, ckpt: str | None, device: torch.device) -> SummarizerPretraining:
     if ckpt:
-        return SummarizerPretraining.load_from_checkpoint(ckpt, map_location=device).eval()
+        return load_summarizer(ckpt, device)
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / f"{model}.yaml"))
     torch.manual_seed(0)
     return SummarizerPretraining(768, TEACHERS, model=cfg).to(device).eval()

@@ -7,6 +7,7 @@ each bad file on its own line, process every other slide, print no traceback and
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,17 @@ def test_the_docs_table_lists_every_case() -> None:
         assert f"| {what} |" in table, what
     for what in ("split with duplicates or leakage", "budget larger than the bag", "bad Hydra override"):
         assert f"| {what} |" in table, what
+
+
+def test_every_fault_row_names_a_test_that_exists() -> None:
+    faults = (REPO / "docs" / "bad_input.md").read_text().split("## Faults", 1)[1]
+    rows = [line for line in faults.splitlines() if line.startswith("| ") and not line.startswith("| fault |")]
+    assert rows
+    for row in rows:
+        named, current = [], None
+        for ref in re.findall(r"`(tests/[\w/]+\.py)?::(\w+)`", row):
+            current = ref[0] or current
+            named.append((current, ref[1]))
+        assert named, row
+        for file, test in named:
+            assert file and f"def {test}(" in (REPO / file).read_text(), (file, test)

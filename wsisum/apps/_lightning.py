@@ -1,4 +1,5 @@
-"""Build a Lightning Trainer with its callbacks and loggers from the `trainer`/`callbacks`/`logger` groups."""
+"""Build a Lightning Trainer with its callbacks and loggers from the `trainer`/`callbacks`/`logger` groups
+(and checkpoints read through `wsisum.checkpoints`, never unpickled)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Sequence
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from wsisum.lit.checkpoint_io import SafeCheckpointIO
 
 
 def _instantiate_all(node: DictConfig | None) -> list:
@@ -18,7 +21,7 @@ def _instantiate_all(node: DictConfig | None) -> list:
 def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     callbacks = [*_instantiate_all(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_all(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
 
 
 def finish_loggers(trainer: L.Trainer) -> None:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.apps._lightning import build_trainer, finish_loggers
+from wsisum.checkpoints import load_checkpoint
 from wsisum.data.bad_slides import BadSlideLedger, report_bad_slides
 from wsisum.data.datamodules import PretrainDataModule
 from wsisum.errors import InputError
@@ -71,10 +72,13 @@ def build_module(cfg: DictConfig, dm: PretrainDataModule, out_dir: Path) -> Summ
 
 def resume_from(ckpt_path: str | None, out_dir: Path) -> str | None:
     """`ckpt_path=auto`: this run dir's last.ckpt when there is one (a requeued or re-run job with a
-    pinned `hydra.run.dir` picks up where it died), else a fresh start. Any other value is a path."""
+    pinned `hydra.run.dir` picks up where it died), else a fresh start. Any other value is a path,
+    read (weights only) now, so a file from elsewhere is refused before any work."""
     if ckpt_path != "auto":
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise InputError(ckpt_path, "checkpoint to resume from not found")
+        if ckpt_path is not None:
+            load_checkpoint(ckpt_path)
         return ckpt_path
     last = out_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -86,8 +90,9 @@ def resume_from(ckpt_path: str | None, out_dir: Path) -> str | None:
 
 @report_input_errors
 def train(cfg: DictConfig) -> dict[str, float]:
-    L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    resume = resume_from(cfg.ckpt_path, out_dir)
+    L.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     dm.setup()
     log.info(
@@ -100,7 +105,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     BadSlideLedger(out_dir, "setup").add_all(dm.skipped)
     module = build_module(cfg, dm, out_dir)
     trainer = build_trainer(cfg, [BadSlideCallback(out_dir, cfg.data.on_bad_slide)])
-    trainer.fit(module, datamodule=dm, ckpt_path=resume_from(cfg.ckpt_path, out_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
     finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: %s", {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")})

@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from wsisum.data.atomic import atomic_path
+from wsisum.data.hdf5 import open_h5
 from wsisum.errors import InputError
 
 BAG_SUFFIXES = (".h5", ".pt")
@@ -66,7 +67,8 @@ def _plain_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
     return out
 
 
-def _short(err: BaseException) -> str:
+def short_error(err: BaseException) -> str:
+    """A library's error text as one short line, for the one-line messages built from it."""
     text = " ".join(str(err).split())
     return text if len(text) <= 160 else text[:157] + "..."
 
@@ -122,7 +124,7 @@ def bag_info(path: str | Path) -> BagInfo:
         bag = read_bag(path)
         return BagInfo(str(path), bag.n_patches, bag.dim, str(bag.features.dtype), bag.coords is not None)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "features" not in f:
                 raise InputError(path, f"no 'features' dataset (found: {sorted(f.keys()) or 'nothing'})")
             feats = f["features"]
@@ -135,7 +137,7 @@ def bag_info(path: str | Path) -> BagInfo:
     except InputError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {_short(err)}") from None
+        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {short_error(err)}") from None
 
 
 def read_bag(path: str | Path, *, check_values: bool = True, metadata: bool = True) -> Bag:
@@ -149,7 +151,7 @@ def read_bag(path: str | Path, *, check_values: bool = True, metadata: bool = Tr
     if path.suffix == ".pt":
         return _read_pt(path, check_values=check_values)
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "features" not in f:
                 raise InputError(path, f"no 'features' dataset (found: {sorted(f.keys()) or 'nothing'})")
             fds = f["features"]
@@ -175,7 +177,7 @@ def read_bag(path: str | Path, *, check_values: bool = True, metadata: bool = Tr
     except InputError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {_short(err)}") from None
+        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {short_error(err)}") from None
     if check_values:
         check_finite(path, "features", features)
         if coords is not None:
@@ -186,10 +188,12 @@ def read_bag(path: str | Path, *, check_values: bool = True, metadata: bool = Tr
 def _read_pt(path: Path, *, check_values: bool) -> Bag:
     import torch
 
+    from wsisum.checkpoints import safe_torch_load  # torch is slow to import: only for .pt bags
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = safe_torch_load(path)
     except Exception as err:  # torch raises many types for corrupt zips/pickles
-        raise InputError(path, f"unreadable .pt file (truncated or corrupt?): {_short(err)}") from None
+        raise InputError(path, f"unreadable .pt file (truncated or corrupt?): {short_error(err)}") from None
     coords = None
     if isinstance(obj, dict):
         if "features" not in obj:

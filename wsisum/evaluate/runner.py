@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import lightning as L
 import pandas as pd
 import torch
@@ -27,10 +26,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from wsisum.checkpoints import load_checkpoint
 from wsisum.data.atomic import atomic_path
 from wsisum.data.bad_slides import read_ledger
 from wsisum.data.bags import bag_info
 from wsisum.data.datamodules import ClassificationDataModule
+from wsisum.data.hdf5 import open_h5
 from wsisum.data.labels import _examples, read_labels
 from wsisum.data.splits import read_split, split_files
 from wsisum.errors import InputError, positive_int
@@ -38,6 +39,7 @@ from wsisum.evaluate.folds import fold_datamodule
 from wsisum.evaluate.results import FULL, METRICS_FILE, RunLabel, rows_for_fold, write_metrics
 from wsisum.evaluate.tasks import TaskSpec
 from wsisum.lit.bad_slides import BadSlideCallback
+from wsisum.lit.checkpoint_io import SafeCheckpointIO
 from wsisum.lit.classifier import METRICS, MILClassifier
 from wsisum.models.mil import MIL_MODELS, MILModel
 
@@ -101,7 +103,7 @@ def summary_attrs(paths: Sequence[Path]) -> tuple[set[str], set[int], list[tuple
         if p.suffix != ".h5":
             continue
         try:
-            with h5py.File(p, "r") as f:
+            with open_h5(p) as f:
                 s, b = _attr(f.attrs.get("sampler")), _attr(f.attrs.get("budget"))
                 sizes.append((p, int(f["features"].shape[0])))
         except (OSError, KeyError) as err:
@@ -174,7 +176,7 @@ def build_trainer(cfg: DictConfig, fold: int, label: RunLabel, out_dir: Path) ->
         if v and "_target_" in v
     ]
     callbacks.append(_bad_slide_callback(cfg, out_dir))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
 
 
 def _bad_slide_callback(cfg: DictConfig, out_dir: Path) -> BadSlideCallback:
@@ -203,6 +205,7 @@ def single_device_trainer(cfg: DictConfig, trained: L.Trainer, out_dir: Path) ->
         sync_batchnorm=False,
         callbacks=[_bad_slide_callback(cfg, out_dir)],
         logger=trained.loggers or False,
+        plugins=[SafeCheckpointIO()],
     )
 
 
@@ -252,7 +255,7 @@ def _metric_values(results: list[Mapping[str, float]], prefix: str) -> dict[str,
 def _best_epoch(ckpt_path: str | None) -> int | None:
     if not ckpt_path:
         return None
-    return int(torch.load(ckpt_path, map_location="cpu", weights_only=False).get("epoch", -1))
+    return int(load_checkpoint(ckpt_path).get("epoch", -1))
 
 
 def evaluate_fold(

@@ -35,6 +35,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import multiclass_auroc, multiclass_f1_score, multiclass_recall
 from torchmetrics.utilities import dim_zero_cat
 
+from wsisum.checkpoints import load_checkpoint
 from wsisum.errors import InputError
 from wsisum.lit.bad_slides import empty_batch_loss, is_empty
 from wsisum.models.mil import MILModel, MILOutput
@@ -275,17 +276,17 @@ def load_mil_checkpoint(path: str | Path, map_location: str | torch.device = "cp
     >>> scores = mil.model(features[None]).attention[0]  # (N,) per-patch attention scores
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # pickle/zip errors of a truncated or foreign file
-        raise InputError(path, f"unreadable checkpoint: {type(err).__name__}: {err}") from None
-    meta = ckpt.get("mil_model") if isinstance(ckpt, dict) else None
-    if not meta:
+    ckpt = load_checkpoint(path, map_location)
+    meta = ckpt.get("mil_model")
+    if not isinstance(meta, dict) or not isinstance(meta.get("target"), str):
         raise InputError(path, "not a wsisum-evaluate MIL checkpoint (no 'mil_model' entry)")
     module_name, _, cls_name = meta["target"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name, None)
+    cls = None
+    if module_name.startswith("wsisum."):  # importing a module runs it: only the project's own
+        try:
+            cls = getattr(importlib.import_module(module_name), cls_name, None)
+        except ImportError:
+            cls = None
     if not (isinstance(cls, type) and issubclass(cls, MILModel)):
         raise InputError(path, f"checkpoint names an unknown MIL model class {meta['target']}")
     model = cls(**meta["init_args"])

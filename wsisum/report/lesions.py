@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 
+from wsisum.data.hdf5 import open_h5
 from wsisum.data.synthetic import BACKGROUND_MORPHOLOGIES
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import FULL
@@ -124,7 +124,7 @@ def summary_indices(path: str | Path) -> np.ndarray:
     """The `indices` (K,) into the source bag that every summary bag records (nothing else is read:
     a report reads thousands of summaries)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "indices" not in f:
                 raise InputError(path, "no 'indices' dataset: cannot tell which source patches were kept")
             return np.asarray(f["indices"][()], dtype=np.int64).reshape(-1)

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from wsisum.data.atomic import TMP_PREFIX
+from wsisum.data.hdf5 import open_h5
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import collect
 from wsisum.evaluate.results import find_metrics, write_metrics
@@ -164,7 +164,7 @@ def resolve_cohort_root(value: str | None, run_root: Path) -> Path | None:
 
 def _summary_header(path: Path, dataset: str) -> tuple[SummaryFile, dict[str, Any]]:
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "features" not in f:
                 raise InputError(path, "no 'features' dataset: not a summary bag")
             n_kept = int(f["features"].shape[0])
@@ -219,7 +219,7 @@ def scan_summary_set(path: Path) -> SummarySet | None:
 def read_source_header(path: Path) -> SourceBag:
     """Size, grid stride, attrs and which per-patch arrays a full bag has (no array is read)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "features" not in f:
                 raise InputError(path, "no 'features' dataset")
             n = int(f["features"].shape[0])
@@ -238,8 +238,10 @@ def read_source_header(path: Path) -> SourceBag:
 def read_source_array(path: Path, name: str) -> np.ndarray:
     """One per-patch dataset (`coords`, `morphology`) of a bag, without its features."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             return f[name][()]
+    except InputError:
+        raise
     except (OSError, KeyError, ValueError, RuntimeError) as err:
         raise InputError(path, f"cannot read '{name}': {err}") from None
 

@@ -35,13 +35,13 @@ def find_checkpoint(run: RunDir) -> Path | None:
     found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     if not found:
         return None
-    import h5py
+    from wsisum.data.hdf5 import open_h5
 
     for s in run.summary_sets:
         if s.sampler.split("-")[0] != "wsisum" or not s.files:
             continue
         try:
-            with h5py.File(next(iter(s.files.values())).path, "r") as f:
+            with open_h5(next(iter(s.files.values())).path) as f:
                 named = f.attrs.get("checkpoint")
         except OSError:
             continue

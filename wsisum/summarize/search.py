@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsisum.checkpoints import hyper_parameters, restore_module
 from wsisum.errors import InputError
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.sampling.base import Sampler, Selection
@@ -46,10 +47,7 @@ def resolve_device(device: str) -> torch.device:
 def load_summarizer(ckpt_path: str | Path, device: torch.device) -> SummarizerPretraining:
     key = (str(ckpt_path), str(device))
     if key not in _MODELS:
-        try:
-            module = SummarizerPretraining.load_from_checkpoint(str(ckpt_path), map_location=device)
-        except (RuntimeError, KeyError, TypeError, OSError) as err:
-            raise InputError(ckpt_path, f"not a wsisum-train checkpoint ({type(err).__name__}: {err})") from None
+        module = restore_module(SummarizerPretraining, ckpt_path, map_location=device)
         _MODELS[key] = module.eval().requires_grad_(False)
     return _MODELS[key]
 
@@ -57,13 +55,8 @@ def load_summarizer(ckpt_path: str | Path, device: torch.device) -> SummarizerPr
 def checkpoint_teachers(ckpt_path: str | Path) -> list[str]:
     """Teacher names a checkpoint was distilled from (read without building the model)."""
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
-    try:
-        hp = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    except Exception as err:  # torch raises many types for a corrupt file
-        raise InputError(path, f"unreadable checkpoint ({type(err).__name__})") from None
-    if "teacher_dims" not in hp:
+    hp = hyper_parameters(path)
+    if not isinstance(hp.get("teacher_dims"), dict):
         raise InputError(path, "not a wsisum-train checkpoint (no teacher_dims in its hyper-parameters)")
     return list(hp["teacher_dims"])
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 import wsisum
 from wsisum.data.bags import Bag, write_bag
+from wsisum.data.hdf5 import open_h5
 from wsisum.sampling.base import Selection
 
 RECIPE_KEYS = ("sampler", "budget", "seed")
@@ -51,7 +51,7 @@ def write_summary(path: str | Path, bag: Bag, selection: Selection, recipe: dict
 def existing_recipe(path: str | Path) -> dict[str, Any] | None:
     """The recipe attrs of a finished summary, or None when there is none (or it is unreadable)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             if "indices" not in f:
                 return None
             return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
