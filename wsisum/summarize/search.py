@@ -209,7 +209,7 @@ class WSISumSampler(Sampler):
         min_per_cluster: int = 1,
         rare_quota: float = 0.2,
         summary_quota: float = 0.25,
-        composition_patches: int = 0,
+        composition_patches: int = 4,
         coverage_weighting: str = "pool",
         rarity: str = "cohort",
         codebook_words: int = 128,
