@@ -81,13 +81,13 @@ def cosine_matrix(features: np.ndarray) -> np.ndarray:
 
 def slide_facility_location(
     features: np.ndarray, k: int, rng: np.random.Generator, epsilon: float = 0.01, max_pool: int = 4096
-) -> np.ndarray:
+) -> tuple[np.ndarray, float]:
     """k patches of a slide by stochastic greedy on the summed best cosine similarity.
 
     Beyond `max_pool` patches both the candidates and the covered patches are a seeded uniform
     subsample (the objective then an unbiased estimate of the slide-wide sum), so memory and time
     stay bounded: one (max_pool, max_pool) similarity matrix. `epsilon` = 0 is the plain greedy.
-    Returns indices into `features`.
+    Returns indices into `features` and the mean best cosine over the covered patches.
     """
     n = features.shape[0]
     pool = np.arange(n) if n <= max_pool else np.sort(rng.choice(n, int(max_pool), replace=False))
@@ -95,7 +95,7 @@ def slide_facility_location(
     m = len(pool)
     sample = None if epsilon <= 0 else max(1, int(np.ceil(m / max(k, 1) * np.log(1.0 / epsilon))))
     picked = greedy_facility_location(lambda idx: sim[:, idx], m, k, sample=sample, rng=rng)
-    return pool[picked]
+    return pool[picked], float(sim[:, picked].max(1).mean())
 
 
 def coverage(features: np.ndarray, chosen: np.ndarray) -> float:
