@@ -9,7 +9,7 @@ from wsisum.errors import InputError
 from wsisum.sampling.base import AUTO
 from wsisum.sampling.collage import SDMSampler, SpliceSampler, collage, scan_order
 from wsisum.sampling.coresets import FacilitySampler, KCenterSampler
-from wsisum.sampling.facility import coverage, cosine_matrix, facility_location_greedy, slide_facility_location
+from wsisum.sampling.facility import cosine_matrix, coverage, facility_location_greedy, slide_facility_location
 from wsisum.sampling.kmeans import kmeans
 from wsisum.sampling.samplers import RandomSampler
 from wsisum.sampling.yottixel import MosaicSampler

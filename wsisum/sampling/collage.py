@@ -40,8 +40,8 @@ class SDMSampler(Sampler):
         self.bin_width = float(bin_width)
 
     def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
-        x = np.asarray(features, dtype=np.float64)
-        dist = np.linalg.norm(x - x.mean(0), axis=1)
+        x = np.asarray(features, dtype=np.float32)  # float32 rows: a 100k x 1024 slide is not copied to float64
+        dist = np.linalg.norm(x - x.mean(0, dtype=np.float64).astype(np.float32), axis=1).astype(np.float64)
         n = len(dist)
         if budget is None:
             band = np.floor(dist / self.bin_width + 0.5).astype(np.int64)

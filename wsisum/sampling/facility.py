@@ -94,7 +94,8 @@ def slide_facility_location(
     sim = cosine_matrix(features[pool])
     m = len(pool)
     sample = None if epsilon <= 0 else max(1, int(np.ceil(m / max(k, 1) * np.log(1.0 / epsilon))))
-    picked = greedy_facility_location(lambda idx: sim[:, idx], m, k, sample=sample, rng=rng)
+    # sim is symmetric: gathering rows (contiguous) and transposing the view is 2x faster than columns
+    picked = greedy_facility_location(lambda idx: sim[idx].T, m, k, sample=sample, rng=rng)
     return pool[picked], float(sim[:, picked].max(1).mean())
 
 
