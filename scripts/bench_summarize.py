@@ -29,8 +29,9 @@ import torch
 from omegaconf import OmegaConf
 
 from wsisum.lit.pretrain import SummarizerPretraining
+from wsisum.sampling.facility import cosine_matrix
 from wsisum.summarize.search import CandidateScorer, load_summarizer, quota_size, random_candidates
-from wsisum.summarize.selection import SummaryObjective, cosine_matrix, guided_search, random_completions
+from wsisum.summarize.selection import SummaryObjective, guided_search, random_completions
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHERS = {"TITAN": 768, "CHIEF": 768, "PRISM": 1280}

@@ -15,14 +15,13 @@ from wsisum.data.bags import read_bag
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.models.summarizer import random_visible
 from wsisum.sampling.allocation import allocate
+from wsisum.sampling.facility import cosine_matrix, facility_location_greedy
 from wsisum.sampling.pool import PoolTransform
 from wsisum.sampling.rare import outlier_scores, weighted_farthest_points
 from wsisum.sampling.samplers import KMeansSampler
 from wsisum.summarize.search import WSISumSampler, quota_size
 from wsisum.summarize.selection import (
     SummaryObjective,
-    cosine_matrix,
-    facility_location_greedy,
     guided_search,
     pool_weights,
 )

@@ -24,3 +24,10 @@ def positive_int(value: Any, key: str) -> int:
     if number < 1:
         raise InputError(None, f"{key}={value} is not a positive whole number")
     return number
+
+
+def budget_option(value: Any, key: str = "budget") -> int | str:
+    """A budget option: a positive whole number, or 'auto' for samplers that set their own size."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    return positive_int(value, key)

@@ -1,4 +1,4 @@
-"""`wsisum-summarize data.root=DIR sampler=NAME budget=K out_dir=DIR`: write summary bags."""
+"""`wsisum-summarize data.root=DIR sampler=NAME budget=K|auto out_dir=DIR`: write summary bags."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from omegaconf import DictConfig
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import check_on_bad
 from wsisum.data.cohort import Cohort
-from wsisum.errors import positive_int
+from wsisum.errors import budget_option
 from wsisum.summarize.run import RunReport, summarize_cohort
 
 
 @report_input_errors
 def summarize(cfg: DictConfig) -> RunReport:
-    budget = positive_int(cfg.budget, "budget")
+    budget = budget_option(cfg.budget)
     stop_on_error = check_on_bad(str(cfg.data.get("on_bad_slide", "skip"))) == "error"
-    cohort = Cohort(cfg.data.root, cfg.data.datasets)
     sampler = hydra.utils.instantiate(cfg.sampler)
+    budget = sampler.check_budget(budget)  # budget=auto with a sampler that has no size of its own: one line
+    cohort = Cohort(cfg.data.root, cfg.data.datasets)
     trainer = None
     if cfg.get("trainer"):  # trainer=ddp|ddp_sim|gpu: Lightning predict over devices / nodes
         trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_progress_bar=bool(cfg.progress))

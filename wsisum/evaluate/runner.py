@@ -110,7 +110,7 @@ def summary_attrs(paths: Sequence[Path]) -> tuple[set[str], set[int], list[tuple
             raise InputError(p, f"unreadable HDF5 file: {err}") from None
         if s is not None:
             samplers.add(str(s))
-        if b is not None:
+        if b is not None and str(b) != "auto":  # budget=auto summaries: sizes vary per slide, no one budget
             budgets.add(int(b))
     return samplers, budgets, sizes
 

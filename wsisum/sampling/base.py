@@ -1,4 +1,8 @@
-"""The sampler interface: a bag and a budget K in, K distinct patch indices out, seeded per slide."""
+"""The sampler interface: a bag and a budget K in, K distinct patch indices out, seeded per slide.
+
+`budget=AUTO` asks a sampler that defines its own summary size (`auto_size = True`: Yottixel's
+mosaic, SDM, SPLICE) for that size; its `_select` then gets `budget=None`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import numpy as np
 
 from wsisum.errors import InputError
 from wsisum.seeding import rng_for
+
+AUTO = "auto"  # the budget of a sampler that sizes its own summary
 
 
 @dataclass
@@ -28,6 +34,7 @@ class Sampler(ABC):
 
     name: str = "sampler"
     needs_teachers: bool = False  # the summarize stage then passes teachers=... in the context
+    auto_size: bool = False  # defines its own summary size: accepts budget=AUTO
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
@@ -39,43 +46,66 @@ class Sampler(ABC):
         """Cohort-level state fitted before the first slide (e.g. `wsisum`'s codebook); most need none."""
         return None
 
+    def check_budget(self, budget: int | str) -> int | str:
+        """The budget as this sampler takes it: a positive int, or AUTO where it sizes its own summary."""
+        if budget == AUTO:
+            if not self.auto_size:
+                raise InputError(
+                    None,
+                    f"budget=auto needs a sampler that sets its own size (mosaic, sdm, splice); "
+                    f"sampler={self.name} needs budget=K",
+                )
+            return AUTO
+        budget = int(budget)
+        if budget < 1:
+            raise InputError(None, f"budget must be a positive integer, got {budget}")
+        return budget
+
     def select(
         self,
         features: np.ndarray,
-        budget: int,
+        budget: int | str,
         *,
         slide_id: str,
         coords: np.ndarray | None = None,
         **context: Any,
     ) -> Selection:
-        """Return min(budget, N) distinct indices into `features` (all N, flagged, when N <= budget).
+        """Return min(budget, N) distinct indices into `features` (all N, flagged, when N <= budget);
+        with budget=AUTO, the sampler's own number of them (at least one).
 
         `context` carries what some samplers need beyond the bag (e.g. `teachers` for `wsisum`).
         """
-        budget = int(budget)
-        if budget < 1:
-            raise InputError(None, f"budget must be a positive integer, got {budget}")
+        budget = self.check_budget(budget)
         n = int(features.shape[0])
+        if budget == AUTO:
+            return self._checked(features, None, n, coords, slide_id, context)
         if n <= budget:
             sel = Selection(np.arange(n, dtype=np.int64))
             sel.attrs["all_patches"] = True
             return sel
+        return self._checked(features, budget, n, coords, slide_id, context)
+
+    def _checked(self, features, budget: int | None, n: int, coords, slide_id: str, context: dict) -> Selection:
+        """Run `_select` and check its answer: `budget` (or, for None, 1..N) distinct valid indices, sorted."""
+        if n == 0:
+            return Selection(np.zeros(0, dtype=np.int64), attrs={"all_patches": True})
         sel = self._select(np.asarray(features), budget, self.rng(slide_id), coords, slide_id, **context)
-        idx = np.asarray(sel.indices, dtype=np.int64)
-        if idx.shape != (budget,) or len(np.unique(idx)) != budget or idx.min() < 0 or idx.max() >= n:
+        idx = np.asarray(sel.indices, dtype=np.int64).reshape(-1)
+        size = len(idx) if budget is None and 1 <= len(idx) <= n else budget
+        if idx.shape != (size,) or len(np.unique(idx)) != size or idx.min() < 0 or idx.max() >= n:
             raise RuntimeError(f"{self.name} sampler returned an invalid selection for {slide_id}")  # a bug, not input
         order = np.argsort(idx, kind="stable")
         sel.indices = idx[order]
         if sel.scores is not None:
             sel.scores = np.asarray(sel.scores)[order]
-        sel.attrs.setdefault("all_patches", False)
+        sel.attrs.setdefault("all_patches", len(idx) == n and budget is None)
         return sel
 
     @abstractmethod
     def _select(
         self,
         features: np.ndarray,
-        budget: int,
+        budget: int | None,
         rng: np.random.Generator,
         coords: np.ndarray | None,
         slide_id: str,
@@ -86,6 +116,6 @@ class Sampler(ABC):
         """The sampler's settings, stored in every summary bag's attrs."""
         return {"sampler": self.name, "seed": self.seed}
 
-    def recipe(self, budget: int) -> dict[str, Any]:
+    def recipe(self, budget: int | str) -> dict[str, Any]:
         """Everything a summary is made from: the settings plus the budget (compared on re-runs)."""
-        return self.describe() | {"budget": int(budget)}
+        return self.describe() | {"budget": AUTO if budget == AUTO else int(budget)}

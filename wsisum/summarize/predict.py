@@ -41,9 +41,9 @@ class JobDataset(Dataset):
 class SummarizePredictor(L.LightningModule):
     """predict_step = read one bag, run the sampler; the writer saves the result."""
 
-    def __init__(self, sampler: Sampler, budget: int, overwrite: bool = False):
+    def __init__(self, sampler: Sampler, budget: int | str, overwrite: bool = False):
         super().__init__()
-        self.sampler, self.budget, self.overwrite = sampler, int(budget), overwrite
+        self.sampler, self.budget, self.overwrite = sampler, sampler.check_budget(budget), overwrite
         self.recipe = sampler.recipe(budget)
         self.register_buffer("_device_anchor", torch.zeros(1))  # lets Lightning report this rank's device
 
@@ -99,7 +99,7 @@ def _collate(batch: list[SlideJob]) -> list[SlideJob]:
 def summarize_with_trainer(
     jobs: Sequence[SlideJob],
     sampler: Sampler,
-    budget: int,
+    budget: int | str,
     out_dir: str | Path,
     trainer: L.Trainer,
     overwrite: bool = False,

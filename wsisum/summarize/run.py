@@ -51,7 +51,7 @@ class RunReport:
         return not self.failed
 
 
-def select_for_job(job: SlideJob, sampler: Sampler, budget: int) -> tuple[Bag, Selection]:
+def select_for_job(job: SlideJob, sampler: Sampler, budget: int | str) -> tuple[Bag, Selection]:
     """Read one slide (and its teachers, when the sampler needs them) and select its summary.
     Raises InputError naming the file; shared by the process-pool and the Lightning paths."""
     bag = read_bag(job.bag_path)
@@ -68,7 +68,7 @@ def select_for_job(job: SlideJob, sampler: Sampler, budget: int) -> tuple[Bag, S
     return bag, sel
 
 
-def summarize_slide(job: SlideJob, sampler: Sampler, budget: int) -> str:
+def summarize_slide(job: SlideJob, sampler: Sampler, budget: int | str) -> str:
     """Summarize one slide; returns 'done'. Raises InputError for bad input."""
     bag, sel = select_for_job(job, sampler, budget)
     write_summary(job.out_path, bag, sel, sampler.recipe(budget), job.source)
@@ -84,7 +84,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _run_one(job: SlideJob, sampler: Sampler, budget: int) -> tuple[str, str, str | None]:
+def _run_one(job: SlideJob, sampler: Sampler, budget: int | str) -> tuple[str, str, str | None]:
     try:
         return job.slide_id, summarize_slide(job, sampler, budget), None
     except InputError as err:
@@ -97,7 +97,7 @@ def plan_jobs(
     cohort: Cohort,
     out_dir: str | Path,
     sampler: Sampler,
-    budget: int,
+    budget: int | str,
     overwrite: bool,
     report: RunReport,
     include_done: bool = False,
@@ -141,7 +141,7 @@ def _progress(enabled: bool) -> Progress:
 def summarize_cohort(
     cohort: Cohort,
     sampler: Sampler,
-    budget: int,
+    budget: int | str,
     out_dir: str | Path,
     *,
     workers: int = 0,
@@ -196,7 +196,7 @@ def summarize_cohort(
     return report
 
 
-def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int, workers: int) -> Iterable[tuple]:
+def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers: int) -> Iterable[tuple]:
     if workers <= 0 or len(jobs) <= 1:
         for job in jobs:
             yield _run_one(job, sampler, budget)

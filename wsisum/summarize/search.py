@@ -24,11 +24,11 @@ from wsisum.errors import InputError
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.sampling.base import Sampler, Selection
 from wsisum.sampling.cohort_rarity import Codebook, cohort_codebook
+from wsisum.sampling.facility import cosine_matrix
 from wsisum.sampling.pool import PoolTransform, grid_positions
 from wsisum.seeding import rng_for
 from wsisum.summarize.selection import (
     SummaryObjective,
-    cosine_matrix,
     guided_search,
     pool_weights,
     swap_proposals,

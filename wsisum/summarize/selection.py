@@ -11,7 +11,8 @@ The slide-level term alone cannot ask for a 3-patch lesion (the slide embedding 
 the original's random search scores a vanishing share of C(500, K). Here:
 
 1. a rare-morphology quota (the slide's most isolated patches, `sampling/rare.py`) is fixed first;
-2. the rest starts from a facility-location greedy (the patch-level term, no model forward);
+2. the rest starts from a facility-location greedy (the patch-level term, no model forward;
+   `sampling/facility.py`, the mechanism the `facility` sampler runs on whole slides);
 3. that start competes with `n_random` random candidates (holding the same quota), all scored in one
    batch: the result can never score below the best random candidate it started from;
 4. swap moves on the non-quota members are scored in batches and kept only when they raise the score.
@@ -27,14 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsisum.sampling.facility import facility_location_greedy
+
 TeacherScore = Callable[[torch.Tensor], torch.Tensor]  # (B, K) pool positions -> (B,) teacher cosine
-
-
-def cosine_matrix(features: np.ndarray) -> np.ndarray:
-    """(P, P) cosine similarity between the pool's patch features."""
-    x = np.asarray(features, dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-    return x @ x.T
 
 
 class SummaryObjective:
@@ -80,30 +76,6 @@ def pool_weights(pool_clusters: np.ndarray, slide_clusters: np.ndarray) -> np.nd
     in_slide = np.bincount(np.asarray(slide_clusters, dtype=np.int64))  # the pool is a subset of the slide
     in_pool = np.bincount(pool_clusters, minlength=len(in_slide))
     return in_slide[pool_clusters] / np.maximum(in_pool[pool_clusters], 1)
-
-
-def facility_location_greedy(
-    similarity: np.ndarray, k: int, fixed: np.ndarray, weights: np.ndarray | None = None
-) -> np.ndarray:
-    """`fixed` plus k greedy additions, each maximising the gain in sum_p w_p max_{s in S} sim(p, s).
-
-    Plain (not lazy) greedy: at pool sizes (hundreds) one vectorised gain per step costs microseconds.
-    """
-    sim = np.asarray(similarity, dtype=np.float32)
-    p = sim.shape[0]
-    chosen = list(int(i) for i in fixed)
-    cur = sim[:, chosen].max(1) if chosen else np.full(p, -1.0, dtype=np.float32)
-    taken = np.zeros(p, dtype=bool)
-    taken[chosen] = True
-    w = np.ones(p, dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
-    for _ in range(min(k, p - len(chosen))):
-        gain = w @ np.maximum(sim - cur[:, None], 0.0)
-        gain[taken] = -np.inf
-        j = int(np.argmax(gain))
-        chosen.append(j)
-        taken[j] = True
-        cur = np.maximum(cur, sim[:, j])
-    return np.asarray(chosen, dtype=np.int64)
 
 
 def random_completions(rng: np.random.Generator, n: int, pool: int, fixed: np.ndarray, k: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Summary bags: `out_dir/<dataset>/<slide_id>.h5` readable by any CLAM/TRIDENT-style tool.
 
 features (K, D) and coords (K, 2) are the source rows at `indices` (K,); attrs say how they were
-chosen (sampler, budget, seed, score, source) so a summary is never separated from its recipe.
+chosen (sampler, budget, seed, score, source) so a summary is never separated from its recipe, and
+`n_kept` its size (budget=auto samplers size each slide's summary themselves).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def write_summary(path: str | Path, bag: Bag, selection: Selection, recipe: dict
     attrs |= {
         "source": source,
         "n_source": bag.n_patches,
+        "n_kept": len(idx),  # the summary's size: below the budget on small slides, the sampler's own with auto
         "score": np.nan if selection.score is None else float(selection.score),
         "wsisum_version": wsisum.__version__,
     }
