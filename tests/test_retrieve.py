@@ -250,3 +250,13 @@ def test_app_on_the_tiny_cohort_full_and_summaries(tiny_cohort: Path, tmp_path: 
         run_app([*common, "budget=16"], tmp_path / "bad")
     with pytest.raises(InputError, match="distances="):
         run_app([*common, "distances=[nope]"], tmp_path / "bad")
+
+
+def test_index_loads_only_the_slides_asked_for(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    slides = {f"s{i}": rng.normal(size=(5 + i, 3)) for i in range(5)}
+    write_toy(tmp_path / "toy", slides, {s: "a" for s in slides}, None)
+    whole = load_or_build(Cohort(tmp_path / "toy"), tmp_path / "i.h5")
+    part = load_or_build(Cohort(tmp_path / "toy"), tmp_path / "i.h5", keep={"s1", "s3"})
+    assert part.reused and part.slide_ids == ["s1", "s3"] and list(part.offsets) == [0, 6, 14]
+    assert np.array_equal(part.patches(1), whole.patches(3)) and np.array_equal(part.means[0], whole.means[1])

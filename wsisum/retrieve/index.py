@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +118,12 @@ def _attr_text(value: object) -> str:
 
 
 def build_index(
-    cohort: Cohort, path: Path, max_patches: int | None = None, seed: int = 0, on_bad: OnBadSlide = "skip"
+    cohort: Cohort,
+    path: Path,
+    max_patches: int | None = None,
+    seed: int = 0,
+    on_bad: OnBadSlide = "skip",
+    keep: Collection[str] | None = None,
 ) -> RetrievalIndex:
     """Read every bag once and write the index file atomically; bad bags are left out and listed."""
     fp = fingerprint(cohort, max_patches, seed)
@@ -138,8 +143,8 @@ def build_index(
                 bad[sid] = str(err)
                 continue
             x = bag.features.astype(np.float32)
-            keep = subsample(len(x), max_patches, seed, sid)
-            rows = l2_normalise(x if keep is None else x[keep])
+            sub = subsample(len(x), max_patches, seed, sid)
+            rows = l2_normalise(x if sub is None else x[sub])
             feats.resize(offsets[-1] + len(rows), axis=0)
             feats[offsets[-1] :] = rows
             offsets.append(offsets[-1] + len(rows))
@@ -154,23 +159,40 @@ def build_index(
         f["fingerprint"] = json.dumps(fp)
         f["bad"] = json.dumps(dict(sorted(bad.items())))
     log.info("retrieval index: %d slides, %d patches -> %s", len(offsets) - 1, offsets[-1], path)
-    return read_index(path)
+    return read_index(path, keep)
 
 
-def read_index(path: Path) -> RetrievalIndex:
-    """Load an index file whole (features included)."""
+def read_index(path: Path, keep: Collection[str] | None = None) -> RetrievalIndex:
+    """Load an index file; with `keep`, only those slides' rows are read (memory ~ the task, not the file)."""
     try:
         with h5py.File(path, "r") as f:
+            ids, offsets = _strings(f["slide_ids"]), f["offsets"][()]
+            rows = [i for i, s in enumerate(ids) if keep is None or s in keep]
+            sizes = [int(offsets[i + 1] - offsets[i]) for i in rows]
+            feats = f["features"]
+            if keep is None:
+                features = feats[()]
+            else:
+                features = np.empty((sum(sizes), feats.shape[1]), dtype=np.float32)
+                start = 0
+                for i, n in zip(rows, sizes):
+                    features[start : start + n] = feats[offsets[i] : offsets[i + 1]]
+                    start += n
+
+            def pick(name: str) -> list[str]:
+                values = _strings(f[name])
+                return [values[i] for i in rows]
+
             return RetrievalIndex(
                 path=Path(path),
-                slide_ids=_strings(f["slide_ids"]),
-                datasets=_strings(f["datasets"]),
-                offsets=f["offsets"][()],
-                features=f["features"][()],
-                means=f["means"][()],
-                n_patches=f["n_patches"][()],
-                samplers=_strings(f["samplers"]),
-                budgets=_strings(f["budgets"]),
+                slide_ids=[ids[i] for i in rows],
+                datasets=pick("datasets"),
+                offsets=np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64),
+                features=features,
+                means=f["means"][()][rows],
+                n_patches=f["n_patches"][()][rows],
+                samplers=pick("samplers"),
+                budgets=pick("budgets"),
                 bad=json.loads(_attr_text(f["bad"][()])),
             )
     except (OSError, KeyError, ValueError) as err:
@@ -187,15 +209,23 @@ def stored_fingerprint(path: Path) -> dict | None:
 
 
 def load_or_build(
-    cohort: Cohort, path: Path, max_patches: int | None = None, seed: int = 0, on_bad: OnBadSlide = "skip"
+    cohort: Cohort,
+    path: Path,
+    max_patches: int | None = None,
+    seed: int = 0,
+    on_bad: OnBadSlide = "skip",
+    keep: Collection[str] | None = None,
 ) -> RetrievalIndex:
-    """The index of `cohort`'s bags: the file at `path` when its fingerprint matches, else rebuilt."""
+    """The index of `cohort`'s bags: the file at `path` when its fingerprint matches, else rebuilt.
+
+    The file always covers every bag; `keep` limits what is loaded (e.g. one task's labelled slides).
+    """
     path = Path(path)
     if path.is_file() and stored_fingerprint(path) == fingerprint(cohort, max_patches, seed):
-        index = read_index(path)
+        index = read_index(path, keep)
         if on_bad == "error" and index.bad:
             raise InputError(None, next(iter(index.bad.values())))
         index.reused = True
         log.info("retrieval index reused: %s", path)
         return index
-    return build_index(cohort, path, max_patches, seed, on_bad)
+    return build_index(cohort, path, max_patches, seed, on_bad, keep)

@@ -173,7 +173,7 @@ def _run(cfg: DictConfig) -> RetrievalResult:
     labels = read_labels(task.labels, task.classes)
     cohort = Cohort(root, None, bag_dir=None if full else Path(str(cfg.bags)))  # every dataset: one shared index
     path = index_path(cfg.index_dir, cohort.bag_dir, cap, int(cfg.seed))
-    index = load_or_build(cohort, path, cap, int(cfg.seed), on_bad)
+    index = load_or_build(cohort, path, cap, int(cfg.seed), on_bad, keep=set(labels.label_of))
     out_dir = Path(cfg.paths.output_dir)
     used = task_slides(cfg, task, labels, index, BadSlideLedger(out_dir, "retrieve"))
     base = run_label(cfg, task, index, used, cohort.bag_dir)
