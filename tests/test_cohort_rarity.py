@@ -90,8 +90,11 @@ def kept_lesions(root: Path, out: Path, lesions: dict[str, np.ndarray], sampler:
 
 def test_cohort_rarity_keeps_the_lesion_at_16_patches(tmp_path: Path) -> None:
     lesions = rare_cohort(tmp_path)
-    cohort_hits = kept_lesions(tmp_path, tmp_path / "cohort", lesions, WSISumSampler())
-    slide_hits = kept_lesions(tmp_path, tmp_path / "slide", lesions, WSISumSampler(rarity="slide"))
+    # 4 quota patches at 16 (composition_patches=0), so both rarities get the same number of picks
+    cohort_hits = kept_lesions(tmp_path, tmp_path / "cohort", lesions, WSISumSampler(composition_patches=0))
+    slide_hits = kept_lesions(
+        tmp_path, tmp_path / "slide", lesions, WSISumSampler(rarity="slide", composition_patches=0)
+    )
     n_lesion = sum(bool(len(r)) for r in lesions.values())
     assert cohort_hits == n_lesion  # 4 quota patches at 16: the lesion first on every lesion slide
     assert slide_hits < n_lesion  # within the slide the lesion is one of 41 equally isolated groups

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +27,10 @@ def test_offline_run_holds_tables_and_images(tmp_path: Path, monkeypatch) -> Non
     run = export_to_wandb(tmp_path, {"results_table": csv, "heatmap_16_slide1": png, "markdown": md}, group="demo")
     assert run.name.startswith("offline-run-") and run.parent == tmp_path / "wandb"
     (record,) = run.glob("run-*.wandb")
-    data = record.read_bytes()
+    # W&B's service process may still be flushing the record when finish() returns on a loaded
+    # machine (seen as an 8-byte file): wait for it, up to 60 s, then check what it holds
+    deadline = time.monotonic() + 60
+    while b"tables/results_table" not in (data := record.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert b"tables/results_table" in data and b"figures/heatmap_16_slide1" in data and b"demo" in data
     assert list((run / "files" / "media").rglob("*.png")) and (run / "files" / "report.md").is_file()
