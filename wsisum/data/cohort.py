@@ -30,6 +30,16 @@ class SlideRecord:
     bag_path: Path
 
 
+def file_identity(path: str | Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a bag file, (-1, -1) when missing: what caches key on so that a changed
+    bag is never served a stale entry (stat only, no open)."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
 def _bag_files(directory: Path) -> Iterable[Path]:
     for p in sorted(directory.iterdir()):
         # a dangling link is kept: reading it then reports the missing target instead of the slide vanishing

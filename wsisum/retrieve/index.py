@@ -33,8 +33,9 @@ import numpy as np
 from wsisum.data.atomic import atomic_path
 from wsisum.data.bad_slides import OnBadSlide
 from wsisum.data.bags import read_bag
-from wsisum.data.cohort import Cohort
+from wsisum.data.cohort import Cohort, file_identity
 from wsisum.data.datamodules import scan_bags
+from wsisum.data.hdf5 import open_h5
 from wsisum.errors import InputError
 from wsisum.seeding import rng_for
 
@@ -87,12 +88,8 @@ def index_path(index_dir: str | Path, bag_dir: str | Path, max_patches: int | No
 def fingerprint(cohort: Cohort, max_patches: int | None, seed: int) -> dict:
     """What the index depends on: its parameters and every bag's (size, mtime); stat only, no open."""
     bags = []
-    for sid, rec in cohort.slides.items():
-        try:
-            st = rec.bag_path.stat()
-            bags.append([sid, rec.dataset, str(rec.bag_path), st.st_size, st.st_mtime_ns])
-        except OSError:  # a dangling link: recorded as missing, reported as a bad slide
-            bags.append([sid, rec.dataset, str(rec.bag_path), -1, -1])
+    for sid, rec in cohort.slides.items():  # a dangling link is recorded as missing, reported as a bad slide
+        bags.append([sid, rec.dataset, str(rec.bag_path), *file_identity(rec.bag_path)])
     return {"format": FORMAT, "max_patches": max_patches, "seed": int(seed), "bags": bags}
 
 
@@ -165,7 +162,7 @@ def build_index(
 def read_index(path: Path, keep: Collection[str] | None = None) -> RetrievalIndex:
     """Load an index file; with `keep`, only those slides' rows are read (memory ~ the task, not the file)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             ids, offsets = _strings(f["slide_ids"]), f["offsets"][()]
             rows = [i for i, s in enumerate(ids) if keep is None or s in keep]
             sizes = [int(offsets[i + 1] - offsets[i]) for i in rows]
@@ -195,6 +192,8 @@ def read_index(path: Path, keep: Collection[str] | None = None) -> RetrievalInde
                 budgets=pick("budgets"),
                 bad=json.loads(_attr_text(f["bad"][()])),
             )
+    except InputError:  # e.g. being written by another process: already one line naming the file
+        raise
     except (OSError, KeyError, ValueError) as err:
         raise InputError(path, f"unreadable retrieval index (delete it to rebuild): {err}") from None
 
@@ -202,7 +201,7 @@ def read_index(path: Path, keep: Collection[str] | None = None) -> RetrievalInde
 def stored_fingerprint(path: Path) -> dict | None:
     """The fingerprint an index file was built with; None when absent or unreadable (then rebuilt)."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path) as f:
             return json.loads(_attr_text(f["fingerprint"][()]))
     except (OSError, KeyError, ValueError):
         return None

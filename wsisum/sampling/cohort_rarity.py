@@ -27,6 +27,7 @@ import numpy as np
 
 from wsisum.data.atomic import atomic_path
 from wsisum.data.bags import read_bag
+from wsisum.data.cohort import file_identity
 from wsisum.errors import InputError
 from wsisum.sampling.kmeans import kmeans
 from wsisum.seeding import rng_for
@@ -119,11 +120,8 @@ def bags_digest(bags: Iterable[tuple[str, str | Path]], n_words: int, per_slide:
     """A key that changes when any bag file (size, mtime), the slide set or a setting changes."""
     h = hashlib.sha1(f"{n_words}|{per_slide}|{seed}".encode())
     for slide_id, path in bags:
-        try:
-            st = Path(path).stat()
-            h.update(f"|{slide_id}|{st.st_size}|{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(f"|{slide_id}|missing".encode())
+        size, mtime = file_identity(path)
+        h.update(f"|{slide_id}|{size}|{mtime}".encode())
     return h.hexdigest()[:16]
 
 
