@@ -3,6 +3,8 @@
     python scripts/bench_scale.py [--root outputs/cohorts/large] [--stages kmeans summarize mil evaluate]
                                   [--mil abmil clam_sb meanpool transmil transmil_ckpt] [--workers 2] [--json FILE]
 
+`--slides N` runs scripts/bench_slides.py instead: N tiny slides (discovery, planning, throughput, RSS).
+
 The `large` synthetic cohort (6 slides of 10k-100k patches, D=768, 254k patches) is generated into
 --root when no cohort is there (any other cohort there is used as it is). Every stage runs in a fresh
 child process, so each peak is that stage's own and not the high-water mark of whatever ran before it:
@@ -231,6 +233,8 @@ def fold_training_on(root: Path, task: str, slide_id: str) -> tuple[int, list[st
 
 
 def main() -> None:
+    if any(a == "--slides" or a.startswith("--slides=") for a in sys.argv[1:]):  # scale in slide count
+        os.execv(sys.executable, [sys.executable, str(REPO / "scripts" / "bench_slides.py"), *sys.argv[1:]])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--root", default=str(REPO / "outputs" / "cohorts" / "large"), help="any cohort; the large preset when absent"

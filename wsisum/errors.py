@@ -31,3 +31,19 @@ def budget_option(value: Any, key: str = "budget") -> int | str:
     if str(value).strip().lower() == "auto":
         return "auto"
     return positive_int(value, key)
+
+
+EXIT_DISK_FULL = 74  # sysexits' EX_IOERR: apart from 1 (bad input, failed slides) and 2 (a missing option)
+
+
+class DiskFullError(Exception):
+    """The output disk is full or over quota: nothing further can be written, so the run stops at once.
+    The one line says where, what was finished, and that the same command resumes."""
+
+    def __init__(self, where: str | Path, finished: str | None = None):
+        self.where = str(where)
+        done = f"; {finished}" if finished else ""
+        super().__init__(
+            f"{self.where}: no space left (disk full or over quota){done}; "
+            "free space and re-run the same command to resume (finished outputs are kept)"
+        )

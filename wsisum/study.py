@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from wsisum.data.atomic import atomic_path
+from wsisum.errors import EXIT_DISK_FULL
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -97,6 +98,8 @@ class Study:
         try:
             fn()
         except SystemExit as err:  # the apps exit non-zero after reporting their own errors
+            if err.code == EXIT_DISK_FULL:  # no later stage could write either: stop the study here
+                raise
             res = StageResult(key, "failed", time.perf_counter() - t0, fp, f"exit code {err.code}")
         else:
             res = StageResult(key, "ran", time.perf_counter() - t0, fp)

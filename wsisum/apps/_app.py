@@ -12,7 +12,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from wsisum.errors import InputError
+from wsisum.data.output_faults import disk_full_cause, quiet_h5py_dealloc, where_full
+from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError
 
 # `wsisum/configs` is a link to the top-level `configs/` (and a copy inside a built wheel), so the
 # apps find their configs both in a source checkout and in an installed package.
@@ -31,12 +32,18 @@ def _input_error_in(err: BaseException) -> InputError | None:
 
 
 def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Turn an `InputError` into one `error: <file>: <problem>` line and exit code 1, no traceback."""
+    """Turn an `InputError` into one `error: <file>: <problem>` line and exit code 1, and a full disk
+    (wherever it surfaced: a checkpoint, a metrics file, a summary) into one line and EXIT_DISK_FULL;
+    no traceback."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
+        quiet_h5py_dealloc()
         try:
             return task(cfg)
+        except DiskFullError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_DISK_FULL) from None
         except InputError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
@@ -50,6 +57,13 @@ def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
             key = getattr(err, "full_key", None) or "?"
             print(f"error: missing required option '{key}' (add {key}=... to the command)", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except Exception as err:
+            full = disk_full_cause(err)
+            if full is None:
+                raise
+            where = where_full(full, cfg.get("paths", {}).get("output_dir", "the output directory"))
+            print(f"error: {DiskFullError(where)}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_DISK_FULL) from None
 
     return wrapper
 

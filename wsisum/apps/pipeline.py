@@ -17,6 +17,7 @@ from rich.table import Table
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import LEDGER_FILE, runs_with_bad_slides
+from wsisum.data.output_faults import check_writable
 from wsisum.study import Study, compose_stage, console, remove
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def collect_results(run_dir: Path) -> Path | None:
 
 @report_input_errors
 def pipeline(cfg: DictConfig) -> Study:
-    run_dir = Path(cfg.run_dir)
+    run_dir = check_writable(cfg.run_dir, "study directory")
     root = Path(cfg.cohort.root)
     study = Study(run_dir)
     console.print(f"[bold]wsisum study[/bold] '{cfg.study_name}' in {run_dir} (cohort {root})")

@@ -11,7 +11,8 @@ from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import check_on_bad
 from wsisum.data.cohort import Cohort
 from wsisum.errors import budget_option
-from wsisum.summarize.run import RunReport, summarize_cohort
+from wsisum.summarize.jobs import RunReport
+from wsisum.summarize.run import summarize_cohort
 
 
 @report_input_errors

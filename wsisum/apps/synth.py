@@ -8,12 +8,14 @@ from rich.console import Console
 from rich.table import Table
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.data.output_faults import check_writable
 from wsisum.data.synthetic import generate_cohort
 
 
 @report_input_errors
 def synth(cfg: DictConfig) -> dict:
     preset = OmegaConf.to_container(cfg.preset, resolve=True)
+    check_writable(cfg.out_dir, "cohort directory")
     manifest = generate_cohort(
         cfg.out_dir, preset, seed=int(cfg.seed), overwrite=bool(cfg.overwrite), progress=bool(cfg.progress)
     )

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from wsisum.data.atomic import atomic_path
+from wsisum.data.output_faults import check_writable
 from wsisum.evaluate.aggregate import FULL, aggregate
 from wsisum.evaluate.paired import REFERENCE
 from wsisum.report import cost, heatmaps, lesions, plots
@@ -199,7 +200,7 @@ def build_report(
     run = open_run_dir(run_dir)
     name = run.root.resolve().name
     hm_budget = heatmaps.heatmap_budget(run, heatmap_budget)  # a bad budget fails before anything is written
-    out = run.report_dir
+    out = check_writable(run.report_dir, "report directory")
     fig_dir = out / FIGURES
     fig_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}

@@ -6,73 +6,27 @@ a bad slide is reported and the others go on; the caller gets the list of failur
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from wsisum.data.atomic import remove_stale_temps
-from wsisum.data.bags import Bag, read_bag
 from wsisum.data.cohort import Cohort
-from wsisum.data.embeddings import read_embedding
-from wsisum.errors import InputError
-from wsisum.sampling.base import Sampler, Selection
-from wsisum.summarize.writer import existing_conflict, relative_source, summary_path, write_summary
+from wsisum.data.output_faults import check_writable, quiet_h5py_dealloc
+from wsisum.errors import DiskFullError, InputError
+from wsisum.sampling.base import Sampler
+from wsisum.summarize.jobs import DISK_FULL, RunReport, SlideJob, plan_jobs, slide_outcome, summarize_slide
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SlideJob:
-    slide_id: str
-    dataset: str
-    bag_path: str
-    out_path: str
-    source: str
-    teacher_paths: tuple[tuple[str, str | None], ...] = ()
-
-
-@dataclass
-class RunReport:
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-
-def select_for_job(job: SlideJob, sampler: Sampler, budget: int | str) -> tuple[Bag, Selection]:
-    """Read one slide (and its teachers, when the sampler needs them) and select its summary.
-    Raises InputError naming the file; shared by the process-pool and the Lightning paths."""
-    bag = read_bag(job.bag_path)
-    context: dict[str, Any] = {"dataset": job.dataset}
-    if sampler.needs_teachers:
-        context["teachers"] = {t: (read_embedding(p) if p else None) for t, p in job.teacher_paths}
-        context["teacher_paths"] = dict(job.teacher_paths)  # to name a bad teacher file
-    try:
-        sel = sampler.select(bag.features, budget, slide_id=job.slide_id, coords=bag.coords, **context)
-    except InputError as err:
-        if err.path is None:  # sampler errors do not know the file: name it here
-            raise InputError(job.bag_path, err.problem) from None
-        raise
-    return bag, sel
-
-
-def summarize_slide(job: SlideJob, sampler: Sampler, budget: int | str) -> str:
-    """Summarize one slide; returns 'done'. Raises InputError for bad input."""
-    bag, sel = select_for_job(job, sampler, budget)
-    write_summary(job.out_path, bag, sel, sampler.recipe(budget), job.source)
-    return "done"
 
 
 def _init_worker() -> None:
@@ -82,47 +36,14 @@ def _init_worker() -> None:
 
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
+    quiet_h5py_dealloc()
 
 
 def _run_one(job: SlideJob, sampler: Sampler, budget: int | str) -> tuple[str, str, str | None]:
     try:
         return job.slide_id, summarize_slide(job, sampler, budget), None
-    except InputError as err:
-        return job.slide_id, "failed", str(err)
-    except Exception as err:  # a crash on one slide must not take the batch down; report it
-        return job.slide_id, "failed", f"{job.bag_path}: unexpected {type(err).__name__}: {err}"
-
-
-def plan_jobs(
-    cohort: Cohort,
-    out_dir: str | Path,
-    sampler: Sampler,
-    budget: int | str,
-    overwrite: bool,
-    report: RunReport,
-    include_done: bool = False,
-) -> list[SlideJob]:
-    """Jobs for slides without a finished summary (all slides with `include_done`, for ranks that
-    skip on their own); a summary with another recipe is a failure."""
-    wanted = sampler.recipe(budget)
-    jobs = []
-    for sid, rec in cohort.slides.items():
-        out = summary_path(out_dir, rec.dataset, sid)
-        if not overwrite and not include_done:
-            finished, problem = existing_conflict(out, wanted)
-            if problem is not None:
-                report.failed[sid] = problem
-                continue
-            if finished:
-                report.skipped.append(sid)
-                continue
-        source = relative_source(rec.bag_path, cohort.root)
-        teachers = ()
-        if sampler.needs_teachers:
-            paths = [(t, cohort.embedding_path(sid, t)) for t in sampler.teacher_names]
-            teachers = tuple((t, str(p) if p.is_file() else None) for t, p in paths)
-        jobs.append(SlideJob(sid, rec.dataset, str(rec.bag_path), str(out), source, teachers))
-    return jobs
+    except Exception as err:
+        return (job.slide_id, *slide_outcome(job, err))
 
 
 def _progress(enabled: bool) -> Progress:
@@ -159,19 +80,21 @@ def summarize_cohort(
     `cache_dir` keeps what a sampler fits on the whole cohort (`Sampler.prepare`) for the next run.
     """
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_writable(out_dir, "summary directory")
+    if cache_dir is not None:
+        check_writable(cache_dir, "cache directory")
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         removed = remove_stale_temps(out_dir)  # only one process may clean, never while others write
         if removed:
             log.info("removed %d partial file(s) left by an interrupted run", removed)
     sampler.prepare(cohort, cache_dir)  # before the workers get their copy of the sampler
     if trainer is not None:
-        from wsisum.summarize.predict import summarize_with_trainer  # predict builds on this module
+        # Lightning only with a trainer: the pool's spawned workers import this module and start faster
+        from wsisum.summarize.predict import summarize_with_trainer
 
         pre = RunReport()
         jobs = plan_jobs(cohort, out_dir, sampler, budget, overwrite, pre, include_done=True)
-        report = summarize_with_trainer(jobs, sampler, budget, out_dir, trainer, overwrite)
+        report = summarize_with_trainer(jobs, sampler, budget, out_dir, trainer, overwrite, stop_on_error)
         report.failed |= pre.failed
         report.seconds = time.perf_counter() - t0
         return report
@@ -179,9 +102,13 @@ def summarize_cohort(
     jobs = plan_jobs(cohort, out_dir, sampler, budget, overwrite, report)
     if report.skipped:
         log.info("%d slide(s) already summarized, skipped", len(report.skipped))
-    with _progress(progress) as bar:
+    disk_full = None
+    with _progress(progress) as bar, contextlib.closing(_execute(jobs, sampler, budget, workers)) as outcomes:
         task = bar.add_task("slides", total=len(jobs), rate="")
-        for sid, _status, err in _execute(jobs, sampler, budget, workers):
+        for sid, status, err in outcomes:
+            if status == DISK_FULL:
+                disk_full = err
+                break
             if err is None:
                 report.done.append(sid)
             else:
@@ -192,6 +119,10 @@ def summarize_cohort(
             done = len(report.done) + len(report.failed)
             rate = done / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, advance=1, rate=f"{rate:.1f} slides/s")
+    if disk_full is not None:  # the pool is shut down (closing above): no writer is left to clean after
+        remove_stale_temps(out_dir)
+        total = len(jobs) + len(report.skipped)
+        raise DiskFullError(disk_full, f"{len(report.done) + len(report.skipped)} of {total} slides done")
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -203,9 +134,10 @@ def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers:
         return
     # spawn, not fork: forking a process that already ran OpenMP (faiss, torch) can deadlock
     ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs), os.cpu_count() or 1), mp_context=ctx, initializer=_init_worker
-    ) as pool:
+    )
+    try:
         pending = set()
         it = iter(jobs)
         # keep a bounded queue so memory holds ~2 bags per worker, whatever the cohort size
@@ -216,7 +148,17 @@ def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers:
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
-                yield fut.result()
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:
+                    raise InputError(
+                        None,
+                        "a summarize worker process died (killed, or out of memory); re-run to resume, "
+                        "with fewer workers if memory is short",
+                    ) from None
+                yield outcome
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.add(pool.submit(_run_one, nxt, sampler, budget))
+    finally:  # also when the caller stops early (stop_on_error, a full disk): queued slides never start
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -183,12 +183,15 @@ COVERAGE_WEIGHTINGS = ("slide", "pool")  # slide: each pool patch weighted by it
 RARITIES = ("cohort", "slide")  # cohort: isolation weighted by visual-word idf over the cohort (cohort_rarity.py)
 
 
-def quota_size(budget: int, share: float, composition_patches: int) -> int:
+def quota_size(budget: int, share: float, composition_patches: int, quota_max: int | None = None) -> int:
     """Summary patches fixed to the slide's most isolated ones: `share` of those beyond the first
-    `composition_patches`. At tiny budgets the slide's dominant morphologies carry most labels (in
-    the demo study, a 50 % quota at 16 patches cost 0.2-0.3 AUROC on subtype and grade tasks), so
-    rarities only take a share of the patches a summary has beyond its composition."""
-    return round(share * max(0, int(budget) - int(composition_patches)))
+    `composition_patches`, at most `quota_max`. At tiny budgets the slide's dominant morphologies
+    carry most labels (in the demo study, a 50 % quota at 16 patches cost 0.2-0.3 AUROC on subtype
+    and grade tasks), so rarities only take a share of the patches a summary has beyond its
+    composition; and a slide holds a handful of rare findings whatever the budget, so past the cap
+    the extra patches go to coverage instead of ever less informative outliers."""
+    n = round(share * max(0, int(budget) - int(composition_patches)))
+    return n if quota_max is None else min(n, int(quota_max))
 
 
 class WSISumSampler(Sampler):
@@ -210,6 +213,7 @@ class WSISumSampler(Sampler):
         rare_quota: float = 0.2,
         summary_quota: float = 0.25,
         composition_patches: int = 4,
+        quota_max: int | None = None,
         coverage_weighting: str = "pool",
         rarity: str = "cohort",
         codebook_words: int = 128,
@@ -247,6 +251,8 @@ class WSISumSampler(Sampler):
             raise InputError(None, f"sampler.rarity must be one of {', '.join(RARITIES)}, got {rarity!r}")
         if int(composition_patches) < 0:
             raise InputError(None, f"sampler.composition_patches must be >= 0, got {composition_patches}")
+        if quota_max is not None and int(quota_max) < 0:
+            raise InputError(None, f"sampler.quota_max must be >= 0 or null, got {quota_max}")
         for key, value in (("rare_quota", rare_quota), ("summary_quota", summary_quota)):
             if not 0.0 <= float(value) <= 1.0:
                 raise InputError(None, f"sampler.{key} must be in [0, 1], got {value}")
@@ -255,6 +261,7 @@ class WSISumSampler(Sampler):
         self.pool_size, self.n_clusters, self.target = int(pool_size), int(n_clusters), target
         self.selection, self.summary_quota = selection, float(summary_quota)
         self.composition_patches, self.coverage_weighting = int(composition_patches), coverage_weighting
+        self.quota_max = None if quota_max is None else int(quota_max)
         self.teacher_weight, self.coverage_weight, self.n_random = (
             float(teacher_weight),
             float(coverage_weight),
@@ -297,7 +304,7 @@ class WSISumSampler(Sampler):
         idf = book.patch_idf(features) if book is not None else None
         pool = transform.pool_indices(slide_id, features, "", idf=idf)
         guided = self.selection == "guided" and not self.faithful
-        n_quota = quota_size(budget, self.summary_quota, self.composition_patches) if guided else 0
+        n_quota = quota_size(budget, self.summary_quota, self.composition_patches, self.quota_max) if guided else 0
         quota = np.zeros(0, dtype=np.int64)
         if n_quota:
             rare = transform.cache.rare_order(
@@ -377,6 +384,7 @@ class WSISumSampler(Sampler):
             "selection": self.selection,
             "summary_quota": self.summary_quota,
             "composition_patches": self.composition_patches,
+            "quota_max": -1 if self.quota_max is None else self.quota_max,
             "coverage_weighting": self.coverage_weighting,
             "rarity": self.rarity,
             "codebook_words": self.codebook_words,
