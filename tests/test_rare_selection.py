@@ -123,6 +123,8 @@ def test_guided_search_deterministic_and_not_below_random() -> None:
 def test_quota_size_leaves_the_composition_first() -> None:
     assert [quota_size(k, 0.25, 16) for k in (8, 16, 17, 64, 256)] == [0, 0, 0, 12, 60]
     assert quota_size(64, 0.5, 0) == 32 and quota_size(64, 0.0, 16) == 0
+    assert [quota_size(k, 0.25, 4, 8) for k in (16, 36, 64, 256)] == [3, 8, 8, 8]  # capped, not scaled
+    assert quota_size(256, 0.25, 4, None) == 63 and quota_size(64, 0.25, 4, 0) == 0
 
 
 def test_slide_weighted_coverage_matches_a_hand_computation() -> None:

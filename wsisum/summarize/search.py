@@ -213,7 +213,7 @@ class WSISumSampler(Sampler):
         rare_quota: float = 0.2,
         summary_quota: float = 0.25,
         composition_patches: int = 4,
-        quota_max: int | None = None,
+        quota_max: int | None = 8,
         coverage_weighting: str = "pool",
         rarity: str = "cohort",
         codebook_words: int = 128,
