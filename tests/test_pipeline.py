@@ -39,6 +39,8 @@ def test_every_stage_ran(study) -> None:
     expected = {"cohort", "train"} | {f"summarize/{s}_{b}" for s in samplers for b in budgets}
     expected |= {f"evaluate/{t}/{s}_{b}" for t in tasks for s in samplers for b in budgets}
     expected |= {f"evaluate/{t}/full" for t in tasks}
+    expected |= {f"retrieve/{t}/{s}_{b}" for t in tasks for s in samplers for b in budgets}
+    expected |= {f"retrieve/{t}/full" for t in tasks}
     assert set(summary["stages"]) == expected and set(summary["stages"].values()) == {"ran"}
     results = pd.read_csv(run / "results.csv")
     assert set(results["task"]) == set(tasks)
@@ -48,6 +50,11 @@ def test_every_stage_ran(study) -> None:
     for s in samplers:
         for b in budgets:
             assert len(list((run / "summaries" / f"{s}_{b}").rglob("*.h5"))) == 64
+    retrieval = pd.read_csv(run / "retrieval.csv")  # retrieval beside MIL, on the same bags
+    assert set(retrieval["sampler"]) == {"full", *samplers} and set(retrieval["task"]) == set(tasks)
+    assert set(retrieval["mil"]) == {"retrieval_median_min", "retrieval_mean_cosine"}
+    vote = retrieval[retrieval["metric"] == "test_majority_vote_at_5"]
+    assert len(vote) == 2 * len(tasks) * (1 + len(samplers) * len(budgets)) and vote["value"].between(0, 1).all()
 
 
 def test_report_holds_tables_plots_heatmaps(study) -> None:
@@ -61,6 +68,10 @@ def test_report_holds_tables_plots_heatmaps(study) -> None:
     assert any("heatmap" in p.name for p in pngs), [p.name for p in pngs]
     assert any("auroc" in p.name.lower() for p in pngs), [p.name for p in pngs]
     assert "data:image/png;base64," in html
+    assert "## Retrieval" in md and "median_min vote@5" in md
+    table = pd.read_csv(report / "retrieval_table.csv")
+    assert {"full", "random", "kmeans", "wsisum"} <= set(table["sampler"])
+    assert any(p.name.startswith("majority_vote_at_5_vs_budget_retrieval_") for p in pngs)
 
 
 def test_rerun_reuses_every_stage(study) -> None:

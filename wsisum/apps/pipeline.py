@@ -18,6 +18,7 @@ from rich.table import Table
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import LEDGER_FILE, runs_with_bad_slides
 from wsisum.data.output_faults import check_writable
+from wsisum.report.rundir import EVALUATE_DIR, RESULTS_FILE, RETRIEVAL_FILE, RETRIEVE_DIR, stage_metrics
 from wsisum.study import Study, compose_stage, console, remove
 
 log = logging.getLogger(__name__)
@@ -180,18 +181,49 @@ def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
             )
 
 
-def collect_results(run_dir: Path) -> Path | None:
-    """RUN_DIR/results.csv: every evaluation's tidy metrics in one file (the report reads it)."""
-    from wsisum.evaluate.aggregate import collect
-    from wsisum.evaluate.results import find_metrics, write_metrics
+def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[str, Path], upstream: list[str]) -> None:
+    """Slide retrieval (leave-one-case-out) on every summary set and the full bags, per task: the
+    second use of a summary beside MIL training, on the same bags."""
+    from wsisum.apps.retrieve import retrieve
 
-    eval_dir = run_dir / "evaluate"
-    files = find_metrics([eval_dir]) if eval_dir.is_dir() else []
-    if not files:
-        return None
-    path = run_dir / "results.csv"
-    write_metrics(path, collect(files).to_dict("records"))
-    return path
+    rcfg_all = cfg.get("retrieve") or {}
+    if not rcfg_all.get("enabled", False):
+        return
+    runs: list[tuple[str, str, list[str], list[str]]] = []
+    if rcfg_all.get("full_bags", True):
+        runs.append(("full", "full", list(rcfg_all.get("full_overrides") or []), list(upstream)))
+    budgets = rcfg_all.get("budgets")
+    variants = set(cfg.summarize.get("variants") or {})
+    for label, out in summaries.items():
+        sampler, budget = label.rsplit("_", 1)
+        if budgets is not None and budget not in {str(b) for b in budgets}:
+            continue
+        if sampler in variants and not rcfg_all.get("ablations", False):
+            continue
+        runs.append((label, str(out), [f"sampler_name={sampler}", f"budget={budget}"], [f"summarize/{label}"]))
+    for task in rcfg_all.get("tasks") or cfg.evaluate.tasks:
+        for label, bags, extra, needs in runs:
+            out = study.run_dir / "retrieve" / task / label
+            overrides = [
+                f"data.root={root}",
+                f"task={task}",
+                f"bags={bags}",
+                f"seed={cfg.seed}",
+                f"index_dir={study.run_dir / 'cache' / 'retrieval'}",
+                f"paths.output_dir={out}",
+                *extra,
+                *(rcfg_all.get("overrides") or []),
+            ]
+            rcfg = compose_stage("retrieve", overrides)
+            run = report_input_errors(retrieve)
+            study.run(
+                f"retrieve/{task}/{label}",
+                rcfg,
+                lambda c=rcfg, r=run: r(c),
+                needs,
+                outputs=[out / "metrics.csv"],
+                clean=remove(out),
+            )
 
 
 @report_input_errors
@@ -204,7 +236,9 @@ def pipeline(cfg: DictConfig) -> Study:
     ckpt = stage_train(study, cfg, root, up)
     summaries = stage_summaries(study, cfg, root, ckpt, up)
     stage_evaluate(study, cfg, root, summaries, up)
-    results = collect_results(run_dir)
+    stage_retrieve(study, cfg, root, summaries, up)
+    results = stage_metrics(run_dir, EVALUATE_DIR, RESULTS_FILE)
+    stage_metrics(run_dir, RETRIEVE_DIR, RETRIEVAL_FILE)
     plain = OmegaConf.to_container(cfg, resolve=True)
     study.write_summary(plain)
     if cfg.report.enabled and results is not None:

@@ -23,7 +23,9 @@ from wsisum.report import cost, heatmaps, lesions, plots
 from wsisum.report.comparisons import paired_results, paired_sections
 from wsisum.report.intrinsic_report import intrinsic_report
 from wsisum.report.render import Document, Figure, Section, to_html, to_markdown
-from wsisum.report.rundir import RESULTS_FILE, RunDir, load_results, open_run_dir
+from wsisum.report.retrieval import TABLE_FILE as RETRIEVAL_TABLE
+from wsisum.report.retrieval import retrieval_section
+from wsisum.report.rundir import RESULTS_FILE, RunDir, load_results, load_retrieval, open_run_dir
 from wsisum.report.tables import RESULT_METRICS, Table, results_table
 
 log = logging.getLogger(__name__)
@@ -243,6 +245,10 @@ def build_report(
     sections = [*paired_sections(pair, pair_fig), results_section(agg, figs, metric), cost_section(storage, mil)]
     if retention is not None:
         sections.append(lesion_section(retention, lesion_fig, dataset_tasks, small_lesion_patches))
+    retrieval, retrieval_files = retrieval_section(load_retrieval(run), out, fig_dir)
+    if retrieval is not None:
+        sections.append(retrieval)
+    written |= retrieval_files
     intrinsic_sections, intrinsic_csv = intrinsic_report(run, out)  # [] without summaries or cohort
     written |= intrinsic_csv
     sections += intrinsic_sections
@@ -259,7 +265,7 @@ def build_report(
     for p in all_figs:
         written[p.stem] = p
     keep = {p.resolve() for p in all_figs} | {p.resolve() for p in written.values()}
-    stale = [*fig_dir.glob("*.png"), *(out / name for name in (*CSV_FILES, *PAIRED_CSV))]
+    stale = [*fig_dir.glob("*.png"), *(out / name for name in (*CSV_FILES, *PAIRED_CSV, RETRIEVAL_TABLE))]
     for path in stale:  # outputs of an earlier report that this one no longer has (no data now)
         if path.is_file() and path.resolve() not in keep:
             path.unlink()

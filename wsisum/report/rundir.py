@@ -34,6 +34,8 @@ STUDY_FILE = "study.json"
 SUMMARIES_DIR = "summaries"
 EVALUATE_DIR = "evaluate"
 RESULTS_FILE = "results.csv"
+RETRIEVE_DIR = "retrieve"
+RETRIEVAL_FILE = "retrieval.csv"
 MANIFEST_FILE = "cohort.json"
 BAG_DIR = "h5_files"
 
@@ -297,20 +299,31 @@ def open_run_dir(path: str | Path) -> RunDir:
     return RunDir(root, study, cohort_root, sets, _read_manifest(cohort_root), notes)
 
 
-def load_results(run: RunDir) -> pd.DataFrame | None:
-    """The tidy metrics of the run: `results.csv`, regenerated from `evaluate/**/metrics.csv` when it
-    is missing or older than one of them. None when the run has no evaluation yet."""
-    results = run.root / RESULTS_FILE
-    eval_dir = run.root / EVALUATE_DIR
-    files = find_metrics([eval_dir]) if eval_dir.is_dir() else []
+def stage_metrics(root: Path, stage: str, name: str) -> pd.DataFrame | None:
+    """The tidy metrics of one stage of a run (`evaluate/` -> results.csv, `retrieve/` ->
+    retrieval.csv), the file regenerated from `<stage>/**/metrics.csv` when it is missing or older
+    than one of them. None when the stage has not run."""
+    merged = Path(root) / name
+    stage_dir = Path(root) / stage
+    files = find_metrics([stage_dir]) if stage_dir.is_dir() else []
     newest = max((f.stat().st_mtime for f in files), default=-math.inf)
-    if results.is_file() and results.stat().st_mtime >= newest:
-        return collect([results])
+    if merged.is_file() and merged.stat().st_mtime >= newest:
+        return collect([merged])
     if not files:
         return None
     df = collect(files)
-    why = "older than evaluate/" if results.is_file() else "missing"
-    log.info("%s is %s: rewritten from %d metrics.csv file(s)", results, why, len(files))
-    write_metrics(results, df.to_dict("records"))
-    os.utime(results)  # at least as new as what it was made from
-    return collect([results])
+    why = f"older than {stage}/" if merged.is_file() else "missing"
+    log.info("%s is %s: rewritten from %d metrics.csv file(s)", merged, why, len(files))
+    write_metrics(merged, df.to_dict("records"))
+    os.utime(merged)  # at least as new as what it was made from
+    return collect([merged])
+
+
+def load_results(run: RunDir) -> pd.DataFrame | None:
+    """The run's MIL metrics (results.csv); None when nothing was evaluated yet."""
+    return stage_metrics(run.root, EVALUATE_DIR, RESULTS_FILE)
+
+
+def load_retrieval(run: RunDir) -> pd.DataFrame | None:
+    """The run's retrieval metrics (retrieval.csv); None when retrieval did not run."""
+    return stage_metrics(run.root, RETRIEVE_DIR, RETRIEVAL_FILE)
