@@ -71,6 +71,8 @@ def test_report_holds_tables_plots_heatmaps(study) -> None:
     assert "## Retrieval" in md and "median_min vote@5" in md
     table = pd.read_csv(report / "retrieval_table.csv")
     assert {"full", "random", "kmeans", "wsisum"} <= set(table["sampler"])
+    votes = table.filter(like="vote@5")
+    assert votes.notna().any(axis=1).all() and len(table) == 2 * (1 + 3 * 2)  # one row per run, no empty ones
     assert any(p.name.startswith("majority_vote_at_5_vs_budget_retrieval_") for p in pngs)
 
 
@@ -91,3 +93,26 @@ def test_rerun_reuses_every_stage(study) -> None:
     stages = json.loads((tmp / "run" / "study.json").read_text())["stages"]
     assert stages["summarize/random_8"] == "ran" and stages["evaluate/syn_brca/random_8"] == "ran"
     assert stages["train"] == "reused" and stages["evaluate/syn_brca/full"] == "reused"
+
+
+def test_budget_auto_runs_only_for_samplers_that_size_themselves(tmp_path: Path) -> None:
+    """`summarize.budgets=[8,auto]`: mosaic gets its own-size summary set, random only the fixed one;
+    evaluation, retrieval and the report take the auto set, labelled by sampler without a budget."""
+    proc = _pipeline(
+        tmp_path,
+        "summarize.samplers=[random,mosaic]",
+        "summarize.budgets=[8,auto]",
+        "evaluate.tasks=[syn_brca]",
+        "evaluate.full_bags=false",
+        "retrieve.full_bags=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    stages = set(json.loads((run / "study.json").read_text())["stages"])
+    assert {"summarize/mosaic_auto", "evaluate/syn_brca/mosaic_auto", "retrieve/syn_brca/mosaic_auto"} <= stages
+    assert not any("random_auto" in s for s in stages)
+    results = pd.read_csv(run / "results.csv")
+    auto = results[(results["sampler"] == "mosaic") & results["budget"].isna()]
+    sizes = auto[auto["metric"] == "patches_per_bag"]["value"]
+    assert len(sizes) and (sizes > 0).all()  # the auto summaries' own size, reported
+    assert "mosaic" in (run / "report" / "report.md").read_text()

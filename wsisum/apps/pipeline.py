@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
@@ -130,9 +131,18 @@ def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstr
                 needs.append(train_key)
             overrides += extra
             scfg = compose_stage("summarize", overrides)
+            if str(budget) == "auto" and not get_class(scfg.sampler._target_).auto_size:
+                continue  # budget=auto is for the samplers that size their own summaries (mosaic, sdm, splice)
             study.run(f"summarize/{label}", scfg, lambda c=scfg: summarize(c), needs, outputs=[out], clean=remove(out))
             made[label] = out
     return made
+
+
+def summary_labels(label: str) -> list[str]:
+    """The metrics labels of a summary set `<sampler>_<budget>`; an `auto` set has no one budget (its
+    bags' sizes vary per slide, and each records `n_kept`)."""
+    sampler, budget = label.rsplit("_", 1)
+    return [f"sampler_name={sampler}"] + ([] if budget == "auto" else [f"budget={budget}"])
 
 
 def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[str, Path], upstream: list[str]) -> None:
@@ -142,8 +152,7 @@ def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
     if cfg.evaluate.full_bags:
         runs.append(("full", "full", [], list(upstream)))
     for label, out in summaries.items():
-        sampler, budget = label.rsplit("_", 1)
-        runs.append((label, str(out), [f"sampler_name={sampler}", f"budget={budget}"], [f"summarize/{label}"]))
+        runs.append((label, str(out), summary_labels(label), [f"summarize/{label}"]))
     folds = "[" + ",".join(str(int(f)) for f in cfg.evaluate.folds) + "]"
     engine = str(cfg.evaluate.get("engine") or "replicas")
     seeds = cfg.evaluate.get("seeds")
@@ -200,7 +209,7 @@ def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
             continue
         if sampler in variants and not rcfg_all.get("ablations", False):
             continue
-        runs.append((label, str(out), [f"sampler_name={sampler}", f"budget={budget}"], [f"summarize/{label}"]))
+        runs.append((label, str(out), summary_labels(label), [f"summarize/{label}"]))
     for task in rcfg_all.get("tasks") or cfg.evaluate.tasks:
         for label, bags, extra, needs in runs:
             out = study.run_dir / "retrieve" / task / label

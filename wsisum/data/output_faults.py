@@ -69,6 +69,18 @@ def check_writable(directory: str | Path, what: str = "output directory") -> Pat
     return directory
 
 
+def disk_is_full(directory: str | Path) -> bool:
+    """Whether `directory` cannot take a PROBE_BYTES file for lack of space: why a worker or DDP rank
+    that died mid-write (HDF5 can crash on a failed write) died."""
+    try:
+        check_writable(directory)
+    except DiskFullError:
+        return True
+    except InputError:
+        return False
+    return False
+
+
 def _is_h5py_dealloc(unraisable: Any) -> bool:
     return "ObjectID.__dealloc__" in str(getattr(unraisable, "object", None))
 

@@ -70,7 +70,7 @@ def run_section(run: RunDir, tasks: list[str]) -> Section:
     sec = Section("Run", "run")
     cohort = run.study.get("cohort_root")
     samplers = sorted({s.sampler for s in run.summary_sets})
-    budgets = sorted({s.budget for s in run.summary_sets})
+    budgets = sorted({s.budget for s in run.summary_sets if s.budget is not None})
     sec.blocks.append(f"Cohort `{cohort}`." if cohort else "Cohort unknown (no `cohort_root` in study.json).")
     if run.summary_sets:
         sec.blocks.append(

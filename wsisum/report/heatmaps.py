@@ -53,7 +53,8 @@ def heatmap_budget(run: RunDir, budget: int | None = None) -> int | None:
     """The budget whose heatmaps are drawn: the given one, else the smallest one most samplers share."""
     budgets: dict[int, int] = {}
     for s in run.summary_sets:
-        budgets[s.budget] = budgets.get(s.budget, 0) + 1
+        if s.budget is not None:  # budget=auto sets have no one budget to draw side by side
+            budgets[s.budget] = budgets.get(s.budget, 0) + 1
     if budget is not None:
         if budget not in budgets:
             raise InputError(run.root / "summaries", f"no summaries at budget {budget} (found {sorted(budgets)})")

@@ -38,6 +38,8 @@ def retrieval_table(df: pd.DataFrame) -> pd.DataFrame:
                 row[f"{name} {'vote@5' if metric == VOTE else 'mAP@5'}"] = v
         rows.append(row)
     out = pd.DataFrame(rows)
+    metric_cols = [c for c in out.columns if c.endswith(("vote@5", "mAP@5"))]
+    out = out[out[metric_cols].notna().any(axis=1)]  # the pivot's product of keys that never ran
     out["_full"] = out["sampler"] != FULL  # the reference first in each task
     return out.sort_values(["task", "_full", "sampler", "budget"]).drop(columns="_full").reset_index(drop=True)
 

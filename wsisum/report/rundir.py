@@ -63,16 +63,17 @@ class SummaryFile:
 
 @dataclass
 class SummarySet:
-    """The summaries of one sampler at one budget: `summaries/<sampler>_<budget>/`."""
+    """The summaries of one sampler at one budget: `summaries/<sampler>_<budget>/`; `budget` None for
+    a `budget=auto` set (`<sampler>_auto`: each summary has the sampler's own size, `n_kept`)."""
 
     sampler: str
-    budget: int
+    budget: int | None
     path: Path
     files: dict[str, SummaryFile] = field(default_factory=dict)  # slide id -> file
 
     @property
     def name(self) -> str:
-        return f"{self.sampler}_{self.budget}"
+        return f"{self.sampler}_{'auto' if self.budget is None else self.budget}"
 
 
 @dataclass(frozen=True)
@@ -189,17 +190,21 @@ def _summary_header(path: Path, dataset: str) -> tuple[SummaryFile, dict[str, An
     return rec, attrs
 
 
-def _parse_set_name(name: str) -> tuple[str, int] | None:
+def _parse_set_name(name: str) -> tuple[str, int | None] | None:
     sampler, _, budget = name.rpartition("_")
-    if sampler and budget.isdigit():
-        return sampler, int(budget)
+    if sampler and (budget.isdigit() or budget == "auto"):
+        return sampler, None if budget == "auto" else int(budget)
     return None
+
+
+def _budget_attr(value: object) -> int | None:
+    return None if str(value) == "auto" else int(value)  # type: ignore[call-overload]
 
 
 def scan_summary_set(path: Path) -> SummarySet | None:
     """Read the headers of one summary set; None (with a warning) when it holds no summary bags."""
     files: dict[str, SummaryFile] = {}
-    recipe: tuple[str, int] | None = None
+    recipe: tuple[str, int | None] | None = None
     for ds_dir in sorted(p for p in path.iterdir() if p.is_dir()):
         for bag in sorted(ds_dir.glob("*.h5")):
             if bag.name.startswith(TMP_PREFIX):
@@ -207,7 +212,7 @@ def scan_summary_set(path: Path) -> SummarySet | None:
             rec, attrs = _summary_header(bag, ds_dir.name)
             files[rec.slide_id] = rec
             if recipe is None and attrs.get("sampler") not in (None, "") and attrs.get("budget") is not None:
-                recipe = (str(attrs["sampler"]), int(attrs["budget"]))
+                recipe = (str(attrs["sampler"]), _budget_attr(attrs["budget"]))
     if not files:
         log.warning("%s: no summary bags, left out of the report", path)
         return None
@@ -287,7 +292,7 @@ def open_run_dir(path: str | Path) -> RunDir:
             s = scan_summary_set(d)
             if s is not None:
                 sets.append(s)
-    sets.sort(key=lambda s: (s.sampler, s.budget))
+    sets.sort(key=lambda s: (s.sampler, -1 if s.budget is None else s.budget))
     seen: dict[tuple[str, int], Path] = {}
     for s in sets:
         if (s.sampler, s.budget) in seen:

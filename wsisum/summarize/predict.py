@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from wsisum.data.output_faults import disk_full_cause, quiet_h5py_dealloc, where_full
+from wsisum.data.output_faults import disk_full_cause, disk_is_full, quiet_h5py_dealloc, where_full
 from wsisum.errors import DiskFullError
 from wsisum.sampling.base import Sampler
 from wsisum.summarize.jobs import DISK_FULL, RunReport, SlideJob, select_for_job, slide_outcome
@@ -137,8 +137,8 @@ def summarize_with_trainer(
     loader = DataLoader(JobDataset(jobs), batch_size=1, shuffle=False, collate_fn=_collate)
     try:
         trainer.predict(predictor, loader, return_predictions=False)
-    except Exception as err:  # ddp_spawn hands a rank's DiskFullError back as text
-        if disk_full_cause(err) is None:
+    except Exception as err:  # ddp_spawn hands a rank's DiskFullError back as text; HDF5 may crash a rank
+        if disk_full_cause(err) is None and not disk_is_full(out_dir):
             raise
         raise DiskFullError(out_dir, "finished summaries are complete, the rest were not started") from None
     report = RunReport()

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from wsisum.data.atomic import remove_stale_temps
 from wsisum.data.cohort import Cohort
-from wsisum.data.output_faults import check_writable, quiet_h5py_dealloc
+from wsisum.data.output_faults import check_writable, disk_is_full, quiet_h5py_dealloc
 from wsisum.errors import DiskFullError, InputError
 from wsisum.sampling.base import Sampler
 from wsisum.summarize.jobs import DISK_FULL, RunReport, SlideJob, plan_jobs, slide_outcome, summarize_slide
@@ -139,10 +139,13 @@ def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers:
     )
     try:
         pending = set()
+        fut_job = {}  # future -> its job, to name the directory of a worker that died
         it = iter(jobs)
         # keep a bounded queue so memory holds ~2 bags per worker, whatever the cohort size
         for job in it:
-            pending.add(pool.submit(_run_one, job, sampler, budget))
+            fut = pool.submit(_run_one, job, sampler, budget)
+            pending.add(fut)
+            fut_job[fut] = job
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -151,14 +154,20 @@ def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers:
                 try:
                     outcome = fut.result()
                 except BrokenProcessPool:
+                    if disk_is_full(Path(fut_job[fut].out_path).parent):  # HDF5 can crash on a failed write
+                        yield fut_job[fut].slide_id, DISK_FULL, str(Path(fut_job[fut].out_path).parent)
+                        return
                     raise InputError(
                         None,
                         "a summarize worker process died (killed, or out of memory); re-run to resume, "
                         "with fewer workers if memory is short",
                     ) from None
+                del fut_job[fut]
                 yield outcome
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.add(pool.submit(_run_one, nxt, sampler, budget))
+                    new = pool.submit(_run_one, nxt, sampler, budget)
+                    pending.add(new)
+                    fut_job[new] = nxt
     finally:  # also when the caller stops early (stop_on_error, a full disk): queued slides never start
         pool.shutdown(wait=True, cancel_futures=True)
