@@ -114,7 +114,7 @@ def test_a_read_only_mount_is_one_line(tiny_cohort: Path, tmp_path: Path) -> Non
         subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
-@pytest.mark.parametrize("path", ["single", "workers", "ddp"])
+@pytest.mark.parametrize("path", ["single", "workers", pytest.param("ddp", marks=pytest.mark.slow)])
 def test_summarize_stops_at_a_full_disk_then_resumes(
     tiny_cohort: Path, small_disk: Path, tmp_path: Path, path: str
 ) -> None:
@@ -143,6 +143,7 @@ def test_summarize_stops_at_a_full_disk_then_resumes(
     assert len(list(out.rglob("*.h5"))) == n_slides and not _temps(small_disk)
 
 
+@pytest.mark.slow  # three trainings
 def test_train_on_a_full_disk_keeps_the_good_last_checkpoint(
     tiny_cohort: Path, small_disk: Path, tmp_path: Path
 ) -> None:
@@ -175,6 +176,7 @@ def test_train_on_a_full_disk_keeps_the_good_last_checkpoint(
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leave_kb", [8, 28])
 def test_evaluate_on_a_full_disk_is_one_line(
     tiny_cohort: Path, small_disk: Path, tmp_path: Path, leave_kb: int
