@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.utils import get_class
@@ -138,6 +140,9 @@ def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstr
     return made
 
 
+BagRun = tuple[str, str, list[str], list[str]]  # label, bags (full or a summary dir), extra overrides, upstream
+
+
 def summary_labels(label: str) -> list[str]:
     """The metrics labels of a summary set `<sampler>_<budget>`; an `auto` set has no one budget (its
     bags' sizes vary per slide, and each records `n_kept`)."""
@@ -145,14 +150,53 @@ def summary_labels(label: str) -> list[str]:
     return [f"sampler_name={sampler}"] + ([] if budget == "auto" else [f"budget={budget}"])
 
 
+def bag_runs(
+    full: list[str] | None,
+    upstream: list[str],
+    summaries: dict[str, Path],
+    keep: Callable[[str], bool] | None = None,
+) -> list[BagRun]:
+    """The full bags (with `full` as their extra overrides; None: not run) and each summary set that
+    `keep` keeps (every one without it)."""
+    runs: list[BagRun] = [] if full is None else [("full", "full", list(full), list(upstream))]
+    for label, out in summaries.items():
+        if keep is None or keep(label):
+            runs.append((label, str(out), summary_labels(label), [f"summarize/{label}"]))
+    return runs
+
+
+def run_per_task(
+    study: Study,
+    app: str,
+    task_fn: Callable[[DictConfig], Any],
+    root: Path,
+    tasks: Sequence[str],
+    runs: list[BagRun],
+    options: list[str],
+    tail: list[str],
+) -> None:
+    """One stage `<app>/<task>/<label>` per task and bag set (evaluate, retrieve): the app's config
+    from `options`, the run's extra overrides and then `tail`; its metrics.csv is the stage's output."""
+    run = report_input_errors(task_fn)
+    for task in tasks:
+        for label, bags, extra, needs in runs:
+            out = study.run_dir / app / task / label
+            overrides = [f"data.root={root}", f"task={task}", f"bags={bags}", *options, f"paths.output_dir={out}"]
+            acfg = compose_stage(app, [*overrides, *extra, *tail])
+            study.run(
+                f"{app}/{task}/{label}",
+                acfg,
+                lambda c=acfg: run(c),
+                needs,
+                outputs=[out / "metrics.csv"],
+                clean=remove(out),
+            )
+
+
 def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[str, Path], upstream: list[str]) -> None:
     from wsisum.apps.evaluate import evaluate
 
-    runs: list[tuple[str, str, list[str], list[str]]] = []
-    if cfg.evaluate.full_bags:
-        runs.append(("full", "full", [], list(upstream)))
-    for label, out in summaries.items():
-        runs.append((label, str(out), summary_labels(label), [f"summarize/{label}"]))
+    runs = bag_runs([] if cfg.evaluate.full_bags else None, upstream, summaries)
     folds = "[" + ",".join(str(int(f)) for f in cfg.evaluate.folds) + "]"
     engine = str(cfg.evaluate.get("engine") or "replicas")
     seeds = cfg.evaluate.get("seeds")
@@ -162,32 +206,14 @@ def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
         from wsisum.errors import InputError
 
         raise InputError(None, f"evaluate.engine=lightning takes one seed, not evaluate.seeds={seeds}")
-    for task in cfg.evaluate.tasks:
-        for label, bags, extra, needs in runs:
-            out = study.run_dir / "evaluate" / task / label
-            overrides = [
-                f"data.root={root}",
-                f"task={task}",
-                f"bags={bags}",
-                f"mil={cfg.evaluate.mil}",
-                f"folds={folds}",
-                f"engine={engine}",
-                f"seed={int(seeds[0])}",
-                f"seeds={seeds_arg}",
-                f"paths.output_dir={out}",
-                *extra,
-                *cfg.evaluate.overrides,
-            ]
-            ecfg = compose_stage("evaluate", overrides)
-            run = report_input_errors(evaluate)
-            study.run(
-                f"evaluate/{task}/{label}",
-                ecfg,
-                lambda c=ecfg, r=run: r(c),
-                needs,
-                outputs=[out / "metrics.csv"],
-                clean=remove(out),
-            )
+    options = [
+        f"mil={cfg.evaluate.mil}",
+        f"folds={folds}",
+        f"engine={engine}",
+        f"seed={int(seeds[0])}",
+        f"seeds={seeds_arg}",
+    ]
+    run_per_task(study, "evaluate", evaluate, root, cfg.evaluate.tasks, runs, options, list(cfg.evaluate.overrides))
 
 
 def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[str, Path], upstream: list[str]) -> None:
@@ -195,44 +221,21 @@ def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
     second use of a summary beside MIL training, on the same bags."""
     from wsisum.apps.retrieve import retrieve
 
-    rcfg_all = cfg.get("retrieve") or {}
-    if not rcfg_all.get("enabled", False):
+    rcfg = cfg.get("retrieve") or {}
+    if not rcfg.get("enabled", False):
         return
-    runs: list[tuple[str, str, list[str], list[str]]] = []
-    if rcfg_all.get("full_bags", True):
-        runs.append(("full", "full", list(rcfg_all.get("full_overrides") or []), list(upstream)))
-    budgets = rcfg_all.get("budgets")
+    budgets = None if rcfg.get("budgets") is None else {str(b) for b in rcfg.budgets}
     variants = set(cfg.summarize.get("variants") or {})
-    for label, out in summaries.items():
+
+    def keep(label: str) -> bool:
         sampler, budget = label.rsplit("_", 1)
-        if budgets is not None and budget not in {str(b) for b in budgets}:
-            continue
-        if sampler in variants and not rcfg_all.get("ablations", False):
-            continue
-        runs.append((label, str(out), summary_labels(label), [f"summarize/{label}"]))
-    for task in rcfg_all.get("tasks") or cfg.evaluate.tasks:
-        for label, bags, extra, needs in runs:
-            out = study.run_dir / "retrieve" / task / label
-            overrides = [
-                f"data.root={root}",
-                f"task={task}",
-                f"bags={bags}",
-                f"seed={cfg.seed}",
-                f"index_dir={study.run_dir / 'cache' / 'retrieval'}",
-                f"paths.output_dir={out}",
-                *extra,
-                *(rcfg_all.get("overrides") or []),
-            ]
-            rcfg = compose_stage("retrieve", overrides)
-            run = report_input_errors(retrieve)
-            study.run(
-                f"retrieve/{task}/{label}",
-                rcfg,
-                lambda c=rcfg, r=run: r(c),
-                needs,
-                outputs=[out / "metrics.csv"],
-                clean=remove(out),
-            )
+        return (budgets is None or budget in budgets) and (sampler not in variants or rcfg.get("ablations", False))
+
+    full = list(rcfg.get("full_overrides") or []) if rcfg.get("full_bags", True) else None
+    runs = bag_runs(full, upstream, summaries, keep)
+    options = [f"seed={cfg.seed}", f"index_dir={study.run_dir / 'cache' / 'retrieval'}"]
+    tasks = rcfg.get("tasks") or cfg.evaluate.tasks
+    run_per_task(study, "retrieve", retrieve, root, tasks, runs, options, list(rcfg.get("overrides") or []))
 
 
 @report_input_errors

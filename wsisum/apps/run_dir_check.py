@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from wsisum.apps._app import report_input_errors
 from wsisum.data.output_faults import check_writable
-from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError
 
 
 class WritableRunDir(Callback):
@@ -19,18 +18,12 @@ class WritableRunDir(Callback):
     dir itself carries a timestamp that Hydra resolves again, a second later, when it creates it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        probe_parent(config.hydra.run.dir)
+        probe_parent(config, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        probe_parent(config.hydra.sweep.dir)
+        probe_parent(config, config.hydra.sweep.dir)
 
 
-def probe_parent(run_dir: Any) -> None:
-    try:
-        check_writable(Path(str(run_dir)).parent, "run directory")
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    except DiskFullError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_DISK_FULL) from None
+def probe_parent(config: DictConfig, run_dir: Any) -> None:
+    """One line and the apps' exit codes (1: unwritable, EXIT_DISK_FULL: full), as every app reports."""
+    report_input_errors(lambda _: check_writable(Path(str(run_dir)).parent, "run directory"))(config)

@@ -23,9 +23,9 @@ TABLE_FILE = "retrieval_table.csv"
 DISTANCE_PREFIX = "retrieval_"
 
 
-def retrieval_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Wide: task, sampler, budget, patches, then `<distance> vote@5` and `<distance> mAP@5`."""
-    agg = aggregate(df)
+def retrieval_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """Wide, from `aggregate`'s frame: task, sampler, budget, patches, then `<distance> vote@5` and
+    `<distance> mAP@5`."""
     wide = agg.pivot_table(index=["task", "sampler", "budget"], columns=["mil", "metric"], values="mean", dropna=False)
     rows = []
     for (task, sampler, budget), values in wide.iterrows():
@@ -76,12 +76,13 @@ def retrieval_section(df: pd.DataFrame | None, out_dir: Path, fig_dir: Path) -> 
     """(the section, files written), or (None, {}) when the study ran no retrieval."""
     if df is None or df.empty:
         return None, {}
-    table = retrieval_table(df)
+    agg = aggregate(df)
+    table = retrieval_table(agg)
     written = {"retrieval_table": out_dir / TABLE_FILE}
     with atomic_path(written["retrieval_table"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.10g")
     fig_dir.mkdir(parents=True, exist_ok=True)
-    figs = plot_metric_vs_budget(aggregate(df), fig_dir, VOTE)
+    figs = plot_metric_vs_budget(agg, fig_dir, VOTE)
     sec = Section("Retrieval", "retrieval")
     sec.blocks.append(
         "Slide retrieval, leave-one-case-out (`wsisum-retrieve`): every labelled slide queries all slides of "

@@ -138,36 +138,32 @@ def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers:
         max_workers=min(workers, len(jobs), os.cpu_count() or 1), mp_context=ctx, initializer=_init_worker
     )
     try:
-        pending = set()
-        fut_job = {}  # future -> its job, to name the directory of a worker that died
+        pending: dict = {}  # future -> its job (the job names the directory of a worker that died)
         it = iter(jobs)
         # keep a bounded queue so memory holds ~2 bags per worker, whatever the cohort size
         for job in it:
-            fut = pool.submit(_run_one, job, sampler, budget)
-            pending.add(fut)
-            fut_job[fut] = job
+            pending[pool.submit(_run_one, job, sampler, budget)] = job
             if len(pending) >= 2 * workers:
                 break
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
+                job = pending.pop(fut)
                 try:
                     outcome = fut.result()
                 except BrokenProcessPool:
-                    if disk_is_full(Path(fut_job[fut].out_path).parent):  # HDF5 can crash on a failed write
-                        yield fut_job[fut].slide_id, DISK_FULL, str(Path(fut_job[fut].out_path).parent)
+                    where = Path(job.out_path).parent
+                    if disk_is_full(where):  # HDF5 can crash on a failed write
+                        yield job.slide_id, DISK_FULL, str(where)
                         return
                     raise InputError(
                         None,
                         "a summarize worker process died (killed, or out of memory); re-run to resume, "
                         "with fewer workers if memory is short",
                     ) from None
-                del fut_job[fut]
                 yield outcome
                 nxt = next(it, None)
                 if nxt is not None:
-                    new = pool.submit(_run_one, nxt, sampler, budget)
-                    pending.add(new)
-                    fut_job[new] = nxt
+                    pending[pool.submit(_run_one, nxt, sampler, budget)] = nxt
     finally:  # also when the caller stops early (stop_on_error, a full disk): queued slides never start
         pool.shutdown(wait=True, cancel_futures=True)
