@@ -32,12 +32,17 @@ def _best_checkpoint(train_dir: Path) -> Path:
     return best[-1] if best else train_dir / "checkpoints" / "last.ckpt"
 
 
+def data_overrides(cfg: DictConfig, root: Path) -> list[str]:
+    """Where every stage finds the cohort: its root and, for CLAM/TRIDENT folders, their layout."""
+    out = [f"data.root={root}", f"data.layout={cfg.cohort.get('layout') or 'auto'}"]
+    return out + ([f"data.encoder={cfg.cohort.encoder}"] if cfg.cohort.get("encoder") else [])
+
+
 def stage_cohort(study: Study, cfg: DictConfig, root: Path) -> list[str]:
     if not cfg.cohort.preset:
-        if not (root / "h5_files").is_dir():
-            from wsisum.errors import InputError
+        from wsisum.data.cohort import Cohort
 
-            raise InputError(root, "cohort.preset=null but no cohort (h5_files/) at cohort.root")
+        Cohort(root, layout=cfg.cohort.get("layout") or "auto", encoder=cfg.cohort.get("encoder"))  # one line if none
         return []
     from wsisum.apps.synth import synth
 
@@ -55,7 +60,7 @@ def stage_train(study: Study, cfg: DictConfig, root: Path, upstream: list[str], 
     train_dir = study.run_dir / key
     extra = [] if variant is None else list(cfg.summarize.variants[variant].get("train_overrides") or [])
     overrides = [
-        f"data.root={root}",
+        *data_overrides(cfg, root),
         f"paths.output_dir={train_dir}",
         f"pool.cache_dir={study.run_dir / 'cache' / 'clusters'}",
         f"seed={cfg.seed}",
@@ -117,7 +122,7 @@ def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstr
             label = f"{name}_{budget}"
             out = study.run_dir / "summaries" / label
             overrides = [
-                f"data.root={root}",
+                *data_overrides(cfg, root),
                 f"sampler={sampler}",
                 f"sampler_name={name}",
                 f"budget={budget}",
@@ -169,7 +174,7 @@ def run_per_task(
     study: Study,
     app: str,
     task_fn: Callable[[DictConfig], Any],
-    root: Path,
+    data: list[str],
     tasks: Sequence[str],
     runs: list[BagRun],
     options: list[str],
@@ -181,7 +186,7 @@ def run_per_task(
     for task in tasks:
         for label, bags, extra, needs in runs:
             out = study.run_dir / app / task / label
-            overrides = [f"data.root={root}", f"task={task}", f"bags={bags}", *options, f"paths.output_dir={out}"]
+            overrides = [*data, f"task={task}", f"bags={bags}", *options, f"paths.output_dir={out}"]
             acfg = compose_stage(app, [*overrides, *extra, *tail])
             study.run(
                 f"{app}/{task}/{label}",
@@ -213,7 +218,16 @@ def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
         f"seed={int(seeds[0])}",
         f"seeds={seeds_arg}",
     ]
-    run_per_task(study, "evaluate", evaluate, root, cfg.evaluate.tasks, runs, options, list(cfg.evaluate.overrides))
+    run_per_task(
+        study,
+        "evaluate",
+        evaluate,
+        data_overrides(cfg, root),
+        cfg.evaluate.tasks,
+        runs,
+        options,
+        list(cfg.evaluate.overrides),
+    )
 
 
 def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[str, Path], upstream: list[str]) -> None:
@@ -235,7 +249,9 @@ def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
     runs = bag_runs(full, upstream, summaries, keep)
     options = [f"seed={cfg.seed}", f"index_dir={study.run_dir / 'cache' / 'retrieval'}"]
     tasks = rcfg.get("tasks") or cfg.evaluate.tasks
-    run_per_task(study, "retrieve", retrieve, root, tasks, runs, options, list(rcfg.get("overrides") or []))
+    run_per_task(
+        study, "retrieve", retrieve, data_overrides(cfg, root), tasks, runs, options, list(rcfg.get("overrides") or [])
+    )
 
 
 @report_input_errors

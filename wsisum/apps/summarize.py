@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import check_on_bad
 from wsisum.data.cohort import Cohort
+from wsisum.data.layouts import layout_options
 from wsisum.errors import budget_option
 from wsisum.summarize.jobs import RunReport
 from wsisum.summarize.run import summarize_cohort
@@ -21,7 +22,7 @@ def summarize(cfg: DictConfig) -> RunReport:
     stop_on_error = check_on_bad(str(cfg.data.get("on_bad_slide", "skip"))) == "error"
     sampler = hydra.utils.instantiate(cfg.sampler)
     budget = sampler.check_budget(budget)  # budget=auto with a sampler that has no size of its own: one line
-    cohort = Cohort(cfg.data.root, cfg.data.datasets)
+    cohort = Cohort(cfg.data.root, cfg.data.datasets, **layout_options(cfg.data))
     trainer = None
     if cfg.get("trainer"):  # trainer=ddp|ddp_sim|gpu: Lightning predict over devices / nodes
         trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_progress_bar=bool(cfg.progress))

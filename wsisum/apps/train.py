@@ -14,6 +14,7 @@ from wsisum.apps._lightning import build_trainer, finish_loggers
 from wsisum.checkpoints import load_checkpoint
 from wsisum.data.bad_slides import BadSlideLedger, report_bad_slides
 from wsisum.data.datamodules import PretrainDataModule
+from wsisum.data.layouts import layout_options
 from wsisum.errors import InputError
 from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.pretrain import SummarizerPretraining
@@ -47,6 +48,7 @@ def build_datamodule(cfg: DictConfig) -> PretrainDataModule:
         seed=cfg.seed,
         on_bad_slide=cfg.data.on_bad_slide,
         transform=transform,
+        **layout_options(cfg.data),
     )
 
 

@@ -1,12 +1,13 @@
-"""A cohort on disk in the contract layout, discovered rather than configured.
+"""A cohort on disk, discovered rather than configured, in any of the layouts of `layouts.py`.
 
-    DATA_ROOT/h5_files/<dataset>/<slide_id>.h5
+    DATA_ROOT/h5_files/<dataset>/<slide_id>.h5                 (or CLAM's flat folders, or a TRIDENT job dir)
     DATA_ROOT/slide_embeddings/<dataset>/<TEACHER>/<slide_id>.h5
     DATA_ROOT/labels/<task>.csv
     DATA_ROOT/splits/<task>/splits_<k>.csv
 
-Summary bags written by `wsisum-summarize` use the same `<dataset>/<slide_id>.h5` layout under their
-own directory, so a `Cohort` can point its bags at them (`bag_dir=`) and reuse everything else.
+Summary bags written by `wsisum-summarize` use the `<dataset>/<slide_id>.h5` layout under their own
+directory whatever the cohort's layout, so a `Cohort` can point its bags at them (`bag_dir=`) and
+reuse everything else.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsisum.data.atomic import TMP_PREFIX
+from wsisum.data.layouts import Layout, resolve, subdirs
 from wsisum.errors import InputError
-
-BAG_DIRS = ("h5_files", "pt_files")  # CLAM writes both side by side; h5 carries coords, so it wins
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,24 @@ class Cohort:
         root: str | Path,
         datasets: Sequence[str] | None = None,
         bag_dir: str | Path | None = None,
+        layout: str = "auto",
+        encoder: str | None = None,
     ):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise InputError(self.root, "cohort root not found (expected h5_files/<dataset>/<slide_id>.h5)")
-        self.bag_dir = self._resolve_bag_dir(bag_dir)
-        available = sorted(p.name for p in self.bag_dir.iterdir() if p.is_dir())
+        self.layout: Layout | None = self._resolve_layout(layout, encoder, summaries=bag_dir is not None)
+        if bag_dir is not None:
+            self.bag_dir = Path(bag_dir).expanduser()
+            if not self.bag_dir.is_dir():
+                raise InputError(self.bag_dir, "bag directory not found (expected <dataset>/<slide_id>.h5 inside)")
+            dirs_of = {d.name: (d,) for d in subdirs(self.bag_dir)}
+        else:
+            assert self.layout is not None
+            dirs_of = self.layout.bag_dirs
+            first = next(iter(dirs_of.values()))[0]
+            self.bag_dir = first.parent if self.layout.name == "contract" else first
+        available = sorted(dirs_of)
         if datasets:
             unknown = [d for d in datasets if d not in available]
             if unknown:
@@ -72,25 +84,26 @@ class Cohort:
             raise InputError(self.bag_dir, "no dataset folders (expected <dataset>/<slide_id>.h5)")
         self.slides: dict[str, SlideRecord] = {}
         for ds in self.datasets:
-            for path in _bag_files(self.bag_dir / ds):
-                sid = path.stem
-                prev = self.slides.get(sid)
-                if prev is not None:
-                    if prev.dataset == ds:  # same slide as .h5 and .pt: keep the .h5 (it has coords)
-                        continue
-                    raise InputError(path, f"slide id '{sid}' also in dataset '{prev.dataset}': ids must be unique")
-                self.slides[sid] = SlideRecord(sid, ds, path)
+            for directory in dirs_of[ds]:
+                self._add_bags(ds, directory)
 
-    def _resolve_bag_dir(self, bag_dir: str | Path | None) -> Path:
-        if bag_dir is not None:
-            d = Path(bag_dir).expanduser()
-            if not d.is_dir():
-                raise InputError(d, "bag directory not found (expected <dataset>/<slide_id>.h5 inside)")
-            return d
-        for name in BAG_DIRS:
-            if (self.root / name).is_dir():
-                return self.root / name
-        raise InputError(self.root, "no h5_files/ folder (expected h5_files/<dataset>/<slide_id>.h5)")
+    def _resolve_layout(self, layout: str, encoder: str | None, summaries: bool) -> Layout | None:
+        try:
+            return resolve(self.root, layout, encoder)
+        except InputError:
+            if summaries and layout == "auto":  # summary bags alone: there are no teachers to find
+                return None
+            raise
+
+    def _add_bags(self, dataset: str, directory: Path) -> None:
+        for path in _bag_files(directory):
+            sid = path.stem
+            prev = self.slides.get(sid)
+            if prev is not None:
+                if prev.dataset == dataset:  # same slide as .h5 and .pt: keep the .h5 (it has coords)
+                    continue
+                raise InputError(path, f"slide id '{sid}' also in dataset '{prev.dataset}': ids must be unique")
+            self.slides[sid] = SlideRecord(sid, dataset, path)
 
     def __len__(self) -> int:
         return len(self.slides)
@@ -108,21 +121,23 @@ class Cohort:
         return [s for s, r in self.slides.items() if dataset is None or r.dataset == dataset]
 
     # --- teachers -----------------------------------------------------------------------------
-    def embeddings_dir(self, dataset: str) -> Path:
-        return self.root / "slide_embeddings" / dataset
-
     def teachers(self, dataset: str | None = None) -> list[str]:
         """Teacher names with an embedding folder in any (or the given) dataset."""
+        if self.layout is None:
+            return []
         names: set[str] = set()
         for ds in [dataset] if dataset else self.datasets:
-            d = self.embeddings_dir(ds)
-            if d.is_dir():
-                names.update(p.name for p in d.iterdir() if p.is_dir())
+            names.update(self.layout.teacher_dirs.get(ds, {}))
         return sorted(names)
+
+    def teacher_dir(self, dataset: str, teacher: str) -> Path:
+        if self.layout is None:
+            return self.root / "slide_embeddings" / dataset / teacher
+        return self.layout.teacher_dir(dataset, teacher)
 
     def embedding_path(self, slide_id: str, teacher: str) -> Path:
         rec = self[slide_id]
-        return self.embeddings_dir(rec.dataset) / teacher / f"{slide_id}.h5"
+        return self.teacher_dir(rec.dataset, teacher) / f"{slide_id}.h5"
 
     # --- labels and splits ----------------------------------------------------------------------
     def labels_path(self, task: str) -> Path:

@@ -100,7 +100,7 @@ def scan_teachers(
             found.append((sid, p, emb))
         present = Counter(int(emb.shape[0]) for _, _, emb in found if emb is not None)
         if not present:
-            raise InputError(cohort.embeddings_dir(cohort.datasets[0]) / t, f"no readable embedding for teacher {t}")
+            raise InputError(cohort.teacher_dir(cohort.datasets[0], t), f"no readable embedding for teacher {t}")
         dims[t] = dim = present.most_common(1)[0][0]
         paths[t] = []
         for sid, p, emb in found:
@@ -160,6 +160,8 @@ class ClassificationDataModule(L.LightningDataModule):
         check_values: bool = True,
         allow_leakage: bool = False,
         on_bad_slide: OnBad = "error",
+        layout: str = "auto",
+        encoder: str | None = None,
     ):
         super().__init__()
         self.root, self.task, self.classes, self.fold = Path(root), task, classes, int(fold)
@@ -168,6 +170,7 @@ class ClassificationDataModule(L.LightningDataModule):
         self.labels_path, self.splits_dir = labels_path, splits_dir
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.check_values, self.allow_leakage, self.on_bad_slide = check_values, allow_leakage, on_bad_slide
+        self.layout, self.encoder = layout, encoder
         self.cohort: Cohort | None = None
         self.labels: Labels | None = None
         self.split: Split | None = None
@@ -184,7 +187,7 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.parts:
             return
         bag_dir = None if str(self.bags) == "full" else self.bags
-        self.cohort = cohort = Cohort(self.root, self.datasets, bag_dir=bag_dir)
+        self.cohort = cohort = Cohort(self.root, self.datasets, bag_dir=bag_dir, layout=self.layout, encoder=self.encoder)
         self.labels = labels = read_labels(self.labels_path or cohort.labels_path(self.task), self.classes)
         splits_dir = Path(self.splits_dir) if self.splits_dir else cohort.splits_dir(self.task)
         self.split = split = read_split(
@@ -259,6 +262,8 @@ class PretrainDataModule(L.LightningDataModule):
         check_values: bool = True,
         on_bad_slide: OnBad = "skip",
         transform: Callable[[Item], Item] | None = None,
+        layout: str = "auto",
+        encoder: str | None = None,
     ):
         super().__init__()
         self.root, self.teacher_names = Path(root), list(teachers) if teachers else None
@@ -266,6 +271,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_fraction, self.exclude = float(val_fraction), set(exclude)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.check_values, self.on_bad_slide, self.transform = check_values, on_bad_slide, transform
+        self.layout, self.encoder = layout, encoder
         self.teacher_dims: dict[str, int] = {}
         self.feature_dim: int | None = None
         self.parts: dict[str, TeacherBagDataset] = {}
@@ -275,7 +281,7 @@ class PretrainDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.parts:
             return
-        cohort = Cohort(self.root, self.datasets)
+        cohort = Cohort(self.root, self.datasets, layout=self.layout, encoder=self.encoder)
         teachers = self.teacher_names or cohort.teachers()
         if not teachers:
             raise InputError(cohort.root / "slide_embeddings", "no teacher embeddings found")

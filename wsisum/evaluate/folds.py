@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from wsisum.data.bad_slides import BadSlideLedger
 from wsisum.data.datamodules import ClassificationDataModule
+from wsisum.data.layouts import layout_options
 from wsisum.evaluate.tasks import TaskSpec
 
 
@@ -34,6 +35,7 @@ def fold_datamodule(
         splits_dir=task.splits_dir,
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         on_bad_slide=str(cfg.data.get("on_bad_slide", "skip")),
+        **layout_options(cfg.data),
         **loader,
     )
     dm.setup()

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wsisum.data.layouts import layout_options
 from wsisum.errors import InputError
 from wsisum.evaluate.results import FULL
 from wsisum.report import lesions, probe
@@ -76,7 +77,8 @@ def _teacher(run: RunDir, ckpt: Path | str | None, device: str, notes: list[str]
     if path is None or run.cohort_root is None:
         return None
     try:
-        return TeacherCheck(path, run.cohort_root, device, FULL_MAX_PATCHES)
+        layout = layout_options((run.study.get("config") or {}).get("cohort") or {})
+        return TeacherCheck(path, run.cohort_root, device, FULL_MAX_PATCHES, layout)
     except InputError as err:
         notes.append(f"teacher cosine left out: {err}")
         return None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsisum.data.cohort import Cohort
 from wsisum.data.embeddings import read_embedding
 from wsisum.errors import InputError
 from wsisum.report.rundir import RunDir
@@ -60,11 +61,17 @@ class TeacherCheck:
     """Loads the checkpoint once; `score` gives the teacher cosine of several subsets of one slide."""
 
     def __init__(
-        self, ckpt_path: str | Path, cohort_root: Path, device: str = "auto", full_max_patches: int = FULL_MAX_PATCHES
+        self,
+        ckpt_path: str | Path,
+        cohort_root: Path,
+        device: str = "auto",
+        full_max_patches: int = FULL_MAX_PATCHES,
+        layout: dict | None = None,
     ):
         from wsisum.summarize.search import load_summarizer, resolve_device  # lazy: Lightning is slow to import
 
         self.ckpt_path, self.cohort_root = Path(ckpt_path), cohort_root
+        self.cohort = Cohort(cohort_root, **(layout or {}))  # where the teachers sit, in any layout
         self.device = resolve_device(device)
         self.module = load_summarizer(self.ckpt_path, self.device)
         self.feature_dim = int(self.module.hparams.feature_dim)
@@ -75,7 +82,7 @@ class TeacherCheck:
         out: dict[str, np.ndarray | None] = {}
         dims = self.module.hparams.teacher_dims
         for t in self.module.teacher_names:
-            p = self.cohort_root / "slide_embeddings" / dataset / t / f"{slide_id}.h5"
+            p = self.cohort.teacher_dir(dataset, t) / f"{slide_id}.h5"
             out[t] = read_embedding(p) if p.is_file() else None
             if out[t] is not None and out[t].shape[0] != dims[t]:
                 raise InputError(p, f"dim {out[t].shape[0]}, but the checkpoint {self.ckpt_path} has {dims[t]} for {t}")

@@ -23,6 +23,7 @@ from wsisum.data.atomic import atomic_path
 from wsisum.data.bad_slides import BadSlideLedger, check_on_bad
 from wsisum.data.cohort import Cohort
 from wsisum.data.labels import Labels, read_labels
+from wsisum.data.layouts import layout_options
 from wsisum.errors import InputError, positive_int
 from wsisum.evaluate.results import FULL, METRICS_FILE, RunLabel, rows_for_fold, write_metrics
 from wsisum.evaluate.tasks import TaskSpec
@@ -103,7 +104,7 @@ def task_slides(
     root = Path(cfg.data.root).expanduser()
     datasets = list(task.datasets or cfg.data.get("datasets") or [])
     bag_dir = None if str(cfg.bags) == FULL else Path(str(cfg.bags))
-    Cohort(root, datasets or None, bag_dir=bag_dir)  # checks the task's dataset folders exist
+    Cohort(root, datasets or None, bag_dir=bag_dir, **layout_options(cfg.data))  # checks the task's dataset folders exist
     wanted = set(datasets) if datasets else None
     pos = index.position()
     used = [pos[s] for s in labels.label_of if s in pos and (wanted is None or index.datasets[pos[s]] in wanted)]
@@ -111,7 +112,7 @@ def task_slides(
         if sid in labels.label_of:
             ledger.add(sid, message)
     if bag_dir is not None:  # a labelled slide of the cohort without its summary is a failed summary
-        full = Cohort(root, datasets or None)
+        full = Cohort(root, datasets or None, **layout_options(cfg.data))
         for sid in labels.label_of:
             if sid in full and sid not in pos and sid not in index.bad:
                 ledger.add(sid, f"{bag_dir}: no summary bag for slide '{sid}' of {full.bag_dir}")
@@ -171,7 +172,7 @@ def _run(cfg: DictConfig) -> RetrievalResult:
     full = str(cfg.bags) == FULL
     cap = resolve_cap(cfg.get("max_patches_per_slide"), full)
     labels = read_labels(task.labels, task.classes)
-    cohort = Cohort(root, None, bag_dir=None if full else Path(str(cfg.bags)))  # every dataset: one shared index
+    cohort = Cohort(root, None, bag_dir=None if full else Path(str(cfg.bags)), **layout_options(cfg.data))  # every dataset: one shared index
     path = index_path(cfg.index_dir, cohort.bag_dir, cap, int(cfg.seed))
     index = load_or_build(cohort, path, cap, int(cfg.seed), on_bad, keep=set(labels.label_of))
     out_dir = Path(cfg.paths.output_dir)
