@@ -22,6 +22,7 @@ from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from wsisum.console import capture_stdout, is_batch
 from wsisum.data.atomic import atomic_path
 from wsisum.errors import EXIT_DISK_FULL
 
@@ -45,6 +46,9 @@ class Study:
 
     run_dir: Path
     results: dict[str, StageResult] = field(default_factory=dict)
+    planning: bool = False  # a dry pass: `run` only records the stage keys (for the display's total)
+    planned: list[str] = field(default_factory=list)
+    advance: Callable[..., None] | None = None  # the display's stages bar, while the study runs
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -76,27 +80,29 @@ class Study:
         clean: Callable[[], None] | None = None,
     ) -> StageResult:
         """Run `fn` unless `key` finished with the same fingerprint and its outputs exist."""
+        if self.planning:
+            self.planned.append(key)
+            return StageResult(key, "planned")
         fp = self.fingerprint(cfg, [self.results[u].fingerprint for u in upstream if u in self.results])
         failed_up = [u for u in upstream if u in self.results and self.results[u].status == "failed"]
         if failed_up:
-            res = StageResult(key, "failed", 0.0, fp, f"skipped: {', '.join(failed_up)} failed")
-            self.results[key] = res
-            return res
+            return self._done(StageResult(key, "failed", 0.0, fp, f"skipped: {', '.join(failed_up)} failed"))
         previous = self.finished(key)
         if previous == fp and all(Path(o).exists() for o in outputs):
-            console.print(f"[green]reuse[/green] {key} (finished, same recipe)")
-            res = StageResult(key, "reused", 0.0, fp)
-            self.results[key] = res
-            return res
+            return self._done(StageResult(key, "reused", 0.0, fp))
         if previous is not None and previous != fp:
-            console.print(f"[yellow]recompute[/yellow] {key}: its recipe or an input changed")
+            self.say(f"[yellow]recompute[/yellow] {key}: its recipe or an input changed")
             if clean is not None:
                 clean()
         self._marker(key).unlink(missing_ok=True)
-        console.rule(f"[bold]{key}")
+        if not is_batch():
+            console.rule(f"[bold]{key}")
+        if self.advance is not None:
+            self.advance(0, description=key)
         t0 = time.perf_counter()
         try:
-            fn()
+            with capture_stdout(is_batch()):
+                fn()
         except SystemExit as err:  # the apps exit non-zero after reporting their own errors
             if err.code == EXIT_DISK_FULL:  # no later stage could write either: stop the study here
                 raise
@@ -105,8 +111,22 @@ class Study:
             res = StageResult(key, "ran", time.perf_counter() - t0, fp)
             with atomic_path(self._marker(key)) as tmp:
                 tmp.write_text(json.dumps({"fingerprint": fp, "seconds": res.seconds, "finished": time.time()}))
-        self.results[key] = res
+        return self._done(res)
+
+    def _done(self, res: StageResult) -> StageResult:
+        """Record a stage's outcome and print its one line."""
+        self.results[res.key] = res
+        colour = {"ran": "green", "reused": "cyan", "failed": "red"}[res.status]
+        seconds = f" {res.seconds:.1f}s" if res.status == "ran" else ""
+        error = f" ({res.error})" if res.error else ""
+        self.say(f"[{colour}]{res.status:>6}[/{colour}] {res.key}{seconds}{error}")
+        if self.advance is not None:
+            self.advance()
         return res
+
+    @staticmethod
+    def say(line: str) -> None:
+        console.print(line, highlight=False)
 
     def write_summary(self, config: dict) -> Path:
         path = self.run_dir / "study.json"

@@ -12,6 +12,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from wsisum.console import configure_console
 from wsisum.data.output_faults import disk_full_cause, quiet_h5py_dealloc, where_full
 from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError
 
@@ -39,6 +40,7 @@ def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
     @functools.wraps(task)
     def wrapper(cfg: DictConfig) -> Any:
         quiet_h5py_dealloc()
+        configure_console(bool(cfg.get("verbose", False)))
         try:
             return task(cfg)
         except DiskFullError as err:

@@ -9,7 +9,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from wsisum.lit.checkpoint_io import SafeCheckpointIO
+from wsisum.lit.trainers import make_trainer
 
 
 def _instantiate_all(node: DictConfig | None) -> list:
@@ -21,7 +21,7 @@ def _instantiate_all(node: DictConfig | None) -> list:
 def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     callbacks = [*_instantiate_all(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_all(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
+    return make_trainer(cfg.trainer, callbacks, loggers)
 
 
 def finish_loggers(trainer: L.Trainer) -> None:

@@ -19,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.console import batch_console
 from wsisum.data.bad_slides import LEDGER_FILE, runs_with_bad_slides
 from wsisum.data.output_faults import check_writable
+from wsisum.progress import study_display
 from wsisum.report.rundir import EVALUATE_DIR, RESULTS_FILE, RETRIEVAL_FILE, RETRIEVE_DIR, stage_metrics
 from wsisum.study import Study, compose_stage, console, remove
 
@@ -254,39 +256,52 @@ def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
     )
 
 
+def stage_report(cfg: DictConfig, run_dir: Path, plain: dict) -> None:
+    from wsisum.report import build_report
+
+    paths = build_report(run_dir)
+    console.print(f"report: {paths.get('html', paths.get('markdown'))}")
+    if cfg.report.wandb.enabled:
+        from wsisum.report.wandb_export import export_to_wandb
+
+        wb = export_to_wandb(
+            run_dir,
+            paths,
+            project=cfg.report.wandb.project,
+            group=str(cfg.study_name),
+            name=f"{cfg.study_name}-report",
+            offline=bool(cfg.report.wandb.offline),
+            config=plain,
+        )
+        console.print(f"W&B run: {wb} (offline: `wandb sync {wb}` uploads it)")
+
+
+def run_stages(study: Study, cfg: DictConfig, root: Path) -> None:
+    up = stage_cohort(study, cfg, root)
+    ckpt = stage_train(study, cfg, root, up)
+    summaries = stage_summaries(study, cfg, root, ckpt, up)
+    stage_evaluate(study, cfg, root, summaries, up)
+    stage_retrieve(study, cfg, root, summaries, up)
+
+
 @report_input_errors
 def pipeline(cfg: DictConfig) -> Study:
     run_dir = check_writable(cfg.run_dir, "study directory")
     root = Path(cfg.cohort.root)
     study = Study(run_dir)
     console.print(f"[bold]wsisum study[/bold] '{cfg.study_name}' in {run_dir} (cohort {root})")
-    up = stage_cohort(study, cfg, root)
-    ckpt = stage_train(study, cfg, root, up)
-    summaries = stage_summaries(study, cfg, root, ckpt, up)
-    stage_evaluate(study, cfg, root, summaries, up)
-    stage_retrieve(study, cfg, root, summaries, up)
-    results = stage_metrics(run_dir, EVALUATE_DIR, RESULTS_FILE)
-    stage_metrics(run_dir, RETRIEVE_DIR, RETRIEVAL_FILE)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    study.write_summary(plain)
-    if cfg.report.enabled and results is not None:
-        from wsisum.report import build_report
-
-        paths = build_report(run_dir)
-        console.print(f"report: {paths.get('html', paths.get('markdown'))}")
-        if cfg.report.wandb.enabled:
-            from wsisum.report.wandb_export import export_to_wandb
-
-            wb = export_to_wandb(
-                run_dir,
-                paths,
-                project=cfg.report.wandb.project,
-                group=str(cfg.study_name),
-                name=f"{cfg.study_name}-report",
-                offline=bool(cfg.report.wandb.offline),
-                config=plain,
-            )
-            console.print(f"W&B run: {wb} (offline: `wandb sync {wb}` uploads it)")
+    with batch_console(bool(cfg.get("verbose", False))):
+        plan = Study(run_dir, planning=True)  # a dry pass that only counts the stages, for the display's ETA
+        run_stages(plan, cfg, root)
+        with study_display(console, len(plan.planned)) as advance:
+            study.advance = advance
+            run_stages(study, cfg, root)
+        results = stage_metrics(run_dir, EVALUATE_DIR, RESULTS_FILE)
+        stage_metrics(run_dir, RETRIEVE_DIR, RETRIEVAL_FILE)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        study.write_summary(plain)
+        if cfg.report.enabled and results is not None:
+            stage_report(cfg, run_dir, plain)
     _print_stages(study)
     failed = [k for k, r in study.results.items() if r.status == "failed"]
     if failed:
@@ -301,14 +316,17 @@ def pipeline(cfg: DictConfig) -> Study:
 
 
 def _print_stages(study: Study) -> None:
+    """One row per kind of stage (each stage already had its line): counts by status and time."""
     table = Table(title="stages")
-    for col in ("stage", "status", "seconds"):
-        table.add_column(col)
+    for col in ("stages", "ran", "reused", "failed", "seconds"):
+        table.add_column(col, justify="left" if col == "stages" else "right")
+    groups: dict[str, list] = {}
     for key, r in study.results.items():
-        colour = {"ran": "green", "reused": "cyan", "failed": "red"}[r.status]
-        table.add_row(
-            key, f"[{colour}]{r.status}[/{colour}]" + (f" ({r.error})" if r.error else ""), f"{r.seconds:.1f}"
-        )
+        groups.setdefault(key.split("/")[0], []).append(r)
+    for name, rs in groups.items():
+        counts = [sum(r.status == s for r in rs) for s in ("ran", "reused", "failed")]
+        failed = f"[red]{counts[2]}[/red]" if counts[2] else "0"
+        table.add_row(name, str(counts[0]), str(counts[1]), failed, f"{sum(r.seconds for r in rs):.1f}")
     console.print(table)
 
 

@@ -39,6 +39,7 @@ from wsisum.data.atomic import atomic_path, remove_stale_temps
 from wsisum.data.bags import write_bag
 from wsisum.data.embeddings import write_embedding
 from wsisum.errors import InputError
+from wsisum.progress import item_bar
 
 GENERATOR = "wsisum.data.synthetic"
 GENERATOR_VERSION = 1
@@ -1161,38 +1162,9 @@ def _prepare_dir(out_dir: Path, preset_raw: dict, seed: int, overwrite: bool) ->
 
 @contextlib.contextmanager
 def _progress(total: int, enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A rich bar (slides done, rate, ETA), or a no-op when disabled (tests, batch logs)."""
-    if not enabled:
-        yield lambda _desc: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:  # rich has only a bytes/s column built in
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.1f} slides/s" if speed else "- slides/s", style="progress.data.speed")
-
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns) as bar:
-        task = bar.add_task("slides", total=total)
-        yield lambda desc: bar.update(task, advance=1, description=desc)
+    """The shared bar (slides done, rate, ETA), labelled with the dataset being written."""
+    with item_bar(total, "slides", enabled=enabled) as advance:
+        yield lambda desc: advance(description=desc)
 
 
 def _plain_preset(preset: Any) -> dict:

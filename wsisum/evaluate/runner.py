@@ -41,6 +41,7 @@ from wsisum.evaluate.tasks import TaskSpec
 from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.checkpoint_io import SafeCheckpointIO
 from wsisum.lit.classifier import METRICS, MILClassifier
+from wsisum.lit.trainers import make_trainer
 from wsisum.models.mil import MIL_MODELS, MILModel
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def build_trainer(cfg: DictConfig, fold: int, label: RunLabel, out_dir: Path) ->
         if v and "_target_" in v
     ]
     callbacks.append(_bad_slide_callback(cfg, out_dir))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[SafeCheckpointIO()])
+    return make_trainer(cfg.trainer, callbacks, loggers)
 
 
 def _bad_slide_callback(cfg: DictConfig, out_dir: Path) -> BadSlideCallback:

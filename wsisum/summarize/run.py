@@ -17,12 +17,11 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 from wsisum.data.atomic import remove_stale_temps
 from wsisum.data.cohort import Cohort
 from wsisum.data.output_faults import check_writable, disk_is_full, quiet_h5py_dealloc
 from wsisum.errors import DiskFullError, InputError
+from wsisum.progress import item_bar, print_line
 from wsisum.sampling.base import Sampler
 from wsisum.summarize.jobs import DISK_FULL, RunReport, SlideJob, plan_jobs, slide_outcome, summarize_slide
 
@@ -44,19 +43,6 @@ def _run_one(job: SlideJob, sampler: Sampler, budget: int | str) -> tuple[str, s
         return job.slide_id, summarize_slide(job, sampler, budget), None
     except Exception as err:
         return (job.slide_id, *slide_outcome(job, err))
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]summarize"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 def summarize_cohort(
@@ -103,8 +89,8 @@ def summarize_cohort(
     if report.skipped:
         log.info("%d slide(s) already summarized, skipped", len(report.skipped))
     disk_full = None
-    with _progress(progress) as bar, contextlib.closing(_execute(jobs, sampler, budget, workers)) as outcomes:
-        task = bar.add_task("slides", total=len(jobs), rate="")
+    bar = item_bar(len(jobs), "summarize", enabled=progress)
+    with bar as advance, contextlib.closing(_execute(jobs, sampler, budget, workers)) as outcomes:
         for sid, status, err in outcomes:
             if status == DISK_FULL:
                 disk_full = err
@@ -113,12 +99,10 @@ def summarize_cohort(
                 report.done.append(sid)
             else:
                 report.failed[sid] = err
-                bar.console.print(f"[red]failed[/red] {err}")
+                print_line(f"[red]failed[/red] {err}")
                 if stop_on_error:
                     break
-            done = len(report.done) + len(report.failed)
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, advance=1, rate=f"{rate:.1f} slides/s")
+            advance()
     if disk_full is not None:  # the pool is shut down (closing above): no writer is left to clean after
         remove_stale_temps(out_dir)
         total = len(jobs) + len(report.skipped)
