@@ -187,7 +187,9 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.parts:
             return
         bag_dir = None if str(self.bags) == "full" else self.bags
-        self.cohort = cohort = Cohort(self.root, self.datasets, bag_dir=bag_dir, layout=self.layout, encoder=self.encoder)
+        self.cohort = cohort = Cohort(
+            self.root, self.datasets, bag_dir=bag_dir, layout=self.layout, encoder=self.encoder
+        )
         self.labels = labels = read_labels(self.labels_path or cohort.labels_path(self.task), self.classes)
         splits_dir = Path(self.splits_dir) if self.splits_dir else cohort.splits_dir(self.task)
         self.split = split = read_split(

@@ -104,7 +104,7 @@ def task_slides(
     root = Path(cfg.data.root).expanduser()
     datasets = list(task.datasets or cfg.data.get("datasets") or [])
     bag_dir = None if str(cfg.bags) == FULL else Path(str(cfg.bags))
-    Cohort(root, datasets or None, bag_dir=bag_dir, **layout_options(cfg.data))  # checks the task's dataset folders exist
+    Cohort(root, datasets or None, bag_dir=bag_dir, **layout_options(cfg.data))  # the task's datasets exist
     wanted = set(datasets) if datasets else None
     pos = index.position()
     used = [pos[s] for s in labels.label_of if s in pos and (wanted is None or index.datasets[pos[s]] in wanted)]
@@ -172,7 +172,8 @@ def _run(cfg: DictConfig) -> RetrievalResult:
     full = str(cfg.bags) == FULL
     cap = resolve_cap(cfg.get("max_patches_per_slide"), full)
     labels = read_labels(task.labels, task.classes)
-    cohort = Cohort(root, None, bag_dir=None if full else Path(str(cfg.bags)), **layout_options(cfg.data))  # every dataset: one shared index
+    bag_dir = None if full else Path(str(cfg.bags))
+    cohort = Cohort(root, None, bag_dir=bag_dir, **layout_options(cfg.data))  # every dataset: one shared index
     path = index_path(cfg.index_dir, cohort.bag_dir, cap, int(cfg.seed))
     index = load_or_build(cohort, path, cap, int(cfg.seed), on_bad, keep=set(labels.label_of))
     out_dir = Path(cfg.paths.output_dir)
