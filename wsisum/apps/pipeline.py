@@ -276,8 +276,37 @@ def stage_report(cfg: DictConfig, run_dir: Path, plain: dict) -> None:
         console.print(f"W&B run: {wb} (offline: `wandb sync {wb}` uploads it)")
 
 
+def stage_check(cfg: DictConfig, root: Path) -> None:
+    """`wsisum-check` on the cohort and each task before the first long stage: a cohort that a later
+    stage would fail on stops the study now, with every problem listed, not hours into it."""
+    from wsisum.apps.check import run_check
+
+    problems: dict[str, bool] = {}  # one line per problem, in order, once (the bags are shared by the tasks)
+    n_slides = 0
+    for task in cfg.evaluate.tasks:
+        report = run_check(compose_stage("check", [*data_overrides(cfg, root), f"task={task}", "progress=false"]))
+        n_slides = report.n_slides
+        for p in report.problems:
+            problems.setdefault(p.line(), p.fatal)
+    fatal = [line for line, is_fatal in problems.items() if is_fatal]
+    for line, is_fatal in problems.items():
+        if is_fatal:
+            print(line, file=sys.stderr)
+        else:
+            log.warning(line)
+    if fatal:
+        print(f"error: {len(fatal)} problem(s) in the cohort {root}; a later stage would fail", file=sys.stderr)
+        raise SystemExit(1)
+    warnings = len(problems) - len(fatal)
+    console.print(
+        f"[green]checked[/green] cohort: {n_slides} slides" + (f", {warnings} warning(s)" if warnings else "")
+    )
+
+
 def run_stages(study: Study, cfg: DictConfig, root: Path) -> None:
     up = stage_cohort(study, cfg, root)
+    if not study.planning:
+        stage_check(cfg, root)
     ckpt = stage_train(study, cfg, root, up)
     summaries = stage_summaries(study, cfg, root, ckpt, up)
     stage_evaluate(study, cfg, root, summaries, up)
