@@ -174,7 +174,14 @@ def test_the_pipeline_checks_the_cohort_before_its_first_stage(small_cohort, tmp
     exe = Path(sys.executable).parent / "wsisum-pipeline"
     (tmp_path / "my_configs" / "task").mkdir(parents=True)
     (tmp_path / "my_configs" / "task" / "task.yaml").write_text("name: task\n")  # the user's own task
-    args = ["--config-dir", str(tmp_path / "my_configs"), "cohort.preset=null", f"cohort.root={root}", f"run_dir={run_dir}", "evaluate.tasks=[task]"]
+    args = [
+        "--config-dir",
+        str(tmp_path / "my_configs"),
+        "cohort.preset=null",
+        f"cohort.root={root}",
+        f"run_dir={run_dir}",
+        "evaluate.tasks=[task]",
+    ]
     r = subprocess.run([str(exe), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "dsA-001.h5: unreadable HDF5 file" in r.stderr and "PRISM/dsB-001.h5" in r.stderr
