@@ -25,6 +25,7 @@ from rich.console import Console
 from wsisum.console import capture_stdout, is_batch
 from wsisum.data.atomic import atomic_path
 from wsisum.errors import EXIT_DISK_FULL
+from wsisum.sampling.cluster_cache import format_stats, stats_since, stats_snapshot
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -38,6 +39,7 @@ class StageResult:
     seconds: float = 0.0
     fingerprint: str = ""
     error: str | None = None
+    clusters: dict[str, int] = field(default_factory=dict)  # clustering cache: computed / reused in this stage
 
 
 @dataclass
@@ -88,8 +90,9 @@ class Study:
         if failed_up:
             return self._done(StageResult(key, "failed", 0.0, fp, f"skipped: {', '.join(failed_up)} failed"))
         previous = self.finished(key)
-        if previous == fp and all(Path(o).exists() for o in outputs):
-            return self._done(StageResult(key, "reused", 0.0, fp))
+        if previous == fp and all(Path(o).exists() for o in outputs):  # what it computed when it ran stays on record
+            clusters = json.loads(self._marker(key).read_text()).get("clusters") or {}
+            return self._done(StageResult(key, "reused", 0.0, fp, clusters=clusters))
         if previous is not None and previous != fp:
             self.say(f"[yellow]recompute[/yellow] {key}: its recipe or an input changed")
             if clean is not None:
@@ -99,7 +102,7 @@ class Study:
             console.rule(f"[bold]{key}")
         if self.advance is not None:
             self.advance(0, description=key)
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), stats_snapshot()
         try:
             with capture_stdout(is_batch()):
                 fn()
@@ -108,9 +111,10 @@ class Study:
                 raise
             res = StageResult(key, "failed", time.perf_counter() - t0, fp, f"exit code {err.code}")
         else:
-            res = StageResult(key, "ran", time.perf_counter() - t0, fp)
+            res = StageResult(key, "ran", time.perf_counter() - t0, fp, clusters=stats_since(before))
             with atomic_path(self._marker(key)) as tmp:
-                tmp.write_text(json.dumps({"fingerprint": fp, "seconds": res.seconds, "finished": time.time()}))
+                marker = {"fingerprint": fp, "seconds": res.seconds, "finished": time.time(), "clusters": res.clusters}
+                tmp.write_text(json.dumps(marker))
         return self._done(res)
 
     def _done(self, res: StageResult) -> StageResult:
@@ -119,7 +123,8 @@ class Study:
         colour = {"ran": "green", "reused": "cyan", "failed": "red"}[res.status]
         seconds = f" {res.seconds:.1f}s" if res.status == "ran" else ""
         error = f" ({res.error})" if res.error else ""
-        self.say(f"[{colour}]{res.status:>6}[/{colour}] {res.key}{seconds}{error}")
+        clusters = f" [dim]({format_stats(res.clusters)})[/dim]" if res.clusters and res.status == "ran" else ""
+        self.say(f"[{colour}]{res.status:>6}[/{colour}] {res.key}{seconds}{error}{clusters}")
         if self.advance is not None:
             self.advance()
         return res
@@ -136,6 +141,7 @@ class Study:
             "stages": {k: r.status for k, r in self.results.items()},
             "errors": {k: r.error for k, r in self.results.items() if r.error},
             "timings_s": {k: round(r.seconds, 2) for k, r in self.results.items()},
+            "clusters": {k: r.clusters for k, r in self.results.items() if r.clusters},
         }
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(data, indent=2, default=str))

@@ -18,6 +18,7 @@ from wsisum.data.layouts import layout_options
 from wsisum.errors import InputError
 from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.pretrain import SummarizerPretraining
+from wsisum.sampling.cluster_cache import format_stats, stats_since, stats_snapshot
 from wsisum.sampling.pool import PoolTransform
 from wsisum.teachers.fusion import fit_fusion
 
@@ -95,6 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     resume = resume_from(cfg.ckpt_path, out_dir)
     L.seed_everything(cfg.seed, workers=True)
+    before = stats_snapshot()  # the pools' clustering (in this process; loader workers keep their own counts)
     dm = build_datamodule(cfg)
     dm.setup()
     log.info(
@@ -111,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     log.info("done: %s", {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/")})
+    log.info("clustering cache (%s): %s", cfg.pool.cache_dir, format_stats(stats_since(before)))
     if trainer.is_global_zero:
         metrics[BAD_INPUTS] = report_bad_slides(out_dir, "training")
     return metrics

@@ -27,6 +27,7 @@ from wsisum.report.retrieval import TABLE_FILE as RETRIEVAL_TABLE
 from wsisum.report.retrieval import retrieval_section
 from wsisum.report.rundir import RESULTS_FILE, RunDir, load_results, load_retrieval, open_run_dir
 from wsisum.report.tables import RESULT_METRICS, Table, results_table
+from wsisum.sampling.cluster_cache import format_stats
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,26 @@ def run_section(run: RunDir, tasks: list[str]) -> Section:
     stages = run.study.get("stages") if isinstance(run.study.get("stages"), Mapping) else {}
     errors = run.study.get("errors") if isinstance(run.study.get("errors"), Mapping) else {}
     names = list(dict.fromkeys([*stages, *timings]))
+    clusters = run.study.get("clusters") if isinstance(run.study.get("clusters"), Mapping) else {}
+    if clusters:
+        total: dict[str, int] = {}
+        for counts in clusters.values():
+            for k, v in counts.items():
+                total[k] = total.get(k, 0) + int(v)
+        sec.blocks.append(
+            f"Clustering cache (one k-means per slide and k for the whole study, `cache/clusters/`): "
+            f"{format_stats(total)} over all stages."
+        )
     if names:
-        t = Table(["stage", "wall time (s)", "detail"], [], numeric={1})
+        t = Table(["stage", "wall time (s)", "detail", "clustering cache"], [], numeric={1})
         for name in names:
             secs = timings.get(name)
             ok = isinstance(secs, int | float) and not isinstance(secs, bool) and math.isfinite(secs)
             detail = _brief(stages[name]) if name in stages else ""
             if errors.get(name):
                 detail = f"{detail}: {_brief(errors[name], 160)}" if detail else _brief(errors[name], 160)
-            t.rows.append([name, f"{secs:.1f}" if ok else "", detail])
+            counts = clusters.get(name)
+            t.rows.append([name, f"{secs:.1f}" if ok else "", detail, format_stats(counts) if counts else ""])
         sec.blocks.append(t)
     return sec
 

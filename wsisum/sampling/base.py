@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from wsisum.errors import InputError
+from wsisum.sampling.cluster_cache import ClusterStore
 from wsisum.seeding import rng_for
 
 AUTO = "auto"  # the budget of a sampler that sizes its own summary
@@ -38,6 +39,11 @@ class Sampler(ABC):
 
     def __init__(self, seed: int = 0):
         self.seed = int(seed)
+        self.clusters = ClusterStore()  # k-means per slide; the summarize stage points it at the study's cache
+
+    def use_clusters(self, store: ClusterStore) -> None:
+        """Share one clustering per slide with every stage and sampler of the study (`cluster_cache`)."""
+        self.clusters = store
 
     def rng(self, slide_id: str) -> np.random.Generator:
         return rng_for(self.seed, slide_id, self.name)
@@ -73,7 +79,8 @@ class Sampler(ABC):
         """Return min(budget, N) distinct indices into `features` (all N, flagged, when N <= budget);
         with budget=AUTO, the sampler's own number of them (at least one).
 
-        `context` carries what some samplers need beyond the bag (e.g. `teachers` for `wsisum`).
+        `context` carries what some samplers need beyond the bag (e.g. `teachers` for `wsisum`, and
+        `source`, the bag's file, which keys the shared clustering cache).
         """
         budget = self.check_budget(budget)
         n = int(features.shape[0])

@@ -7,17 +7,14 @@ stratified pool from it, so the model sees new patches each epoch at the cost of
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wsisum.data.atomic import atomic_path
 from wsisum.sampling.allocation import allocate
-from wsisum.sampling.kmeans import kmeans
-from wsisum.sampling.rare import outlier_scores, rarity_weights, weighted_farthest_points
+from wsisum.sampling.cluster_cache import ClusterStore
 from wsisum.sampling.samplers import draw_per_stratum
 from wsisum.seeding import rng_for
 
@@ -44,69 +41,30 @@ def grid_positions(coords: torch.Tensor) -> torch.Tensor:
 
 
 class ClusterCache:
-    """k-means assignments per slide, in memory and (optionally) as `.npz` files in `directory`."""
+    """A pool's clustering settings (k, seed, normalisation) bound to the study's `ClusterStore`."""
 
-    def __init__(self, directory: str | Path | None, n_clusters: int, seed: int, normalize: bool = False):
-        self.directory = None if directory is None else Path(directory)
+    def __init__(
+        self,
+        directory: str | Path | None,
+        n_clusters: int,
+        seed: int,
+        normalize: bool = False,
+        store: ClusterStore | None = None,
+    ):
+        self.store = store if store is not None else ClusterStore(directory)
         self.n_clusters, self.seed, self.normalize = int(n_clusters), int(seed), bool(normalize)
-        self._memory: dict[str, np.ndarray] = {}
-
-    def _file(self, slide_id: str, source: str, kind: str = "") -> Path | None:
-        """The cache file of one slide's entry of `kind` ("" = k-means assignments)."""
-        if self.directory is None or not source:
-            return None
-        st = Path(source).stat()
-        key = f"{source}|{st.st_size}|{st.st_mtime_ns}|{self.n_clusters}|{self.seed}|{self.normalize}|{kind}"
-        digest = hashlib.sha1(key.encode()).hexdigest()[:12]  # a changed source file gets a new entry
-        return self.directory / (f"{slide_id}.{kind}.{digest}.npz" if kind else f"{slide_id}.{digest}.npz")
 
     def rare_order(
         self, slide_id: str, features: np.ndarray, source: str, size: int, idf: np.ndarray | None = None
     ) -> np.ndarray:
-        """The first `size` patches of the slide's outlier-weighted farthest-point order (cached);
-        `idf` (per patch, `cohort_rarity`) weights isolation by how rare each patch is in the cohort.
-
-        Greedy farthest-point selection is prefix-consistent, so any shorter quota is a prefix of it.
-        """
-        size = min(int(size), features.shape[0])
-        if size <= 0:
-            return np.zeros(0, dtype=np.int64)
-        prior = "" if idf is None else hashlib.sha1(np.ascontiguousarray(idf, dtype=np.float64)).hexdigest()[:8]
-        key = f"rare:{slide_id}:{prior}"
-        cached = self._memory.get(key)
-        if cached is not None and len(cached) >= size:
-            return cached[:size]
-        path = self._file(slide_id, source, f"rare{size}{prior}")
-        if path is not None and path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                order = z["order"]
-            if len(order) == size and (order < features.shape[0]).all():
-                self._memory[key] = order
-                return order
-        w = rarity_weights(outlier_scores(features, seed=self.seed, slide_id=slide_id), idf)
-        order = weighted_farthest_points(features, size, w)
-        if path is not None:
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, order=order.astype(np.int64))
-        self._memory[key] = order
-        return order
+        """The first `size` patches of the slide's outlier-weighted farthest-point order (cached)."""
+        return self.store.rare_order(features, size, seed=self.seed, slide_id=slide_id, source=source, idf=idf)
 
     def assignments(self, slide_id: str, features: np.ndarray, source: str) -> np.ndarray:
-        if slide_id in self._memory:
-            return self._memory[slide_id]
-        path = self._file(slide_id, source)
-        if path is not None and path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                assign = z["assign"]
-            if len(assign) == len(features):
-                self._memory[slide_id] = assign
-                return assign
-        assign = kmeans(features, self.n_clusters, seed=self.seed, slide_id=slide_id, normalize=self.normalize).assign
-        if path is not None:
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez(f, assign=assign.astype(np.int32))
-        self._memory[slide_id] = assign
-        return assign
+        km = self.store.kmeans(
+            features, self.n_clusters, seed=self.seed, slide_id=slide_id, source=source, normalize=self.normalize
+        )
+        return km.assign
 
 
 class PoolTransform:
@@ -126,9 +84,10 @@ class PoolTransform:
         allocation_power: float = 1.0,
         min_per_cluster: int = 0,
         rare_quota: float = 0.0,
+        store: ClusterStore | None = None,
     ):
         self.pool_size, self.seed, self.epoch = pool_size, int(seed), 0
-        self.cache = ClusterCache(cache_dir, n_clusters, seed, normalize)
+        self.cache = ClusterCache(cache_dir, n_clusters, seed, normalize, store)
         if not 0.0 <= float(rare_quota) <= 1.0:
             raise ValueError(f"rare_quota must be in [0, 1], got {rare_quota}")
         self.allocation_power, self.min_per_cluster = float(allocation_power), int(min_per_cluster)

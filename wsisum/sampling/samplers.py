@@ -12,7 +12,6 @@ import numpy as np
 from wsisum.errors import InputError
 from wsisum.sampling.allocation import allocate
 from wsisum.sampling.base import Sampler, Selection
-from wsisum.sampling.kmeans import kmeans
 
 
 def draw_per_stratum(
@@ -69,11 +68,12 @@ class KMeansSampler(Sampler):
         self.normalize, self.niter, self.within, self.device = bool(normalize), int(niter), within, device
 
     def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
-        km = kmeans(
+        km = self.clusters.kmeans(
             features,
             self.n_clusters,
             seed=self.seed,
             slide_id=slide_id,
+            source=context.get("source"),
             niter=self.niter,
             normalize=self.normalize,
             device=self.device,

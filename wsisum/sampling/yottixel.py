@@ -73,7 +73,14 @@ class MosaicSampler(Sampler):
     def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         if coords is None:
             raise InputError(None, f"slide {slide_id}: the mosaic sampler needs coords (bag has none)")
-        km = kmeans(features, self.n_groups, seed=self.seed, slide_id=slide_id, normalize=self.normalize)
+        km = self.clusters.kmeans(
+            features,
+            self.n_groups,
+            seed=self.seed,
+            slide_id=slide_id,
+            source=context.get("source"),
+            normalize=self.normalize,
+        )
         counts = self.group_sizes(np.bincount(km.assign, minlength=km.k), budget)
         picked = []
         for g in np.flatnonzero(counts):

@@ -32,6 +32,7 @@ class RunReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    clusters: dict[str, int] = field(default_factory=dict)  # clustering cache: computed / reused
 
     @property
     def ok(self) -> bool:
@@ -42,7 +43,7 @@ def select_for_job(job: SlideJob, sampler: Sampler, budget: int | str) -> tuple[
     """Read one slide (and its teachers, when the sampler needs them) and select its summary.
     Raises InputError naming the file; shared by the process-pool and the Lightning paths."""
     bag = read_bag(job.bag_path)
-    context: dict[str, Any] = {"dataset": job.dataset}
+    context: dict[str, Any] = {"dataset": job.dataset, "source": job.bag_path}
     if sampler.needs_teachers:
         context["teachers"] = {t: (read_embedding(p) if p else None) for t, p in job.teacher_paths}
         context["teacher_paths"] = dict(job.teacher_paths)  # to name a bad teacher file

@@ -23,6 +23,7 @@ from wsisum.data.output_faults import check_writable, disk_is_full, quiet_h5py_d
 from wsisum.errors import DiskFullError, InputError
 from wsisum.progress import item_bar, print_line
 from wsisum.sampling.base import Sampler
+from wsisum.sampling.cluster_cache import CLUSTERS_DIR, STATS, ClusterStore, format_stats, stats_since, stats_snapshot
 from wsisum.summarize.jobs import DISK_FULL, RunReport, SlideJob, plan_jobs, slide_outcome, summarize_slide
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ def _run_one(job: SlideJob, sampler: Sampler, budget: int | str) -> tuple[str, s
         return (job.slide_id, *slide_outcome(job, err))
 
 
+def _run_in_worker(job: SlideJob, sampler: Sampler, budget: int | str) -> tuple[tuple, dict[str, int]]:
+    """One slide in a worker process, with what it computed and reused of the clustering cache."""
+    before = stats_snapshot()
+    return _run_one(job, sampler, budget), stats_since(before)
+
+
 def summarize_cohort(
     cohort: Cohort,
     sampler: Sampler,
@@ -63,7 +70,8 @@ def summarize_cohort(
     `workers` > 0 uses that many CPU processes; a Lightning `trainer` (e.g. DDP over GPUs or nodes)
     runs the slides through `trainer.predict` instead. Both write the same files. A bad slide is
     reported and the rest go on, unless `stop_on_error` (process path: the slides in flight finish).
-    `cache_dir` keeps what a sampler fits on the whole cohort (`Sampler.prepare`) for the next run.
+    `cache_dir` keeps what a sampler fits on the whole cohort (`Sampler.prepare`) and every slide's
+    clustering (`cache_dir/clusters`, shared with training and the other samplers) for the next run.
     """
     t0 = time.perf_counter()
     out_dir = check_writable(out_dir, "summary directory")
@@ -73,6 +81,9 @@ def summarize_cohort(
         removed = remove_stale_temps(out_dir)  # only one process may clean, never while others write
         if removed:
             log.info("removed %d partial file(s) left by an interrupted run", removed)
+    if cache_dir is not None:
+        sampler.use_clusters(ClusterStore(Path(cache_dir) / CLUSTERS_DIR))
+    before = stats_snapshot()
     sampler.prepare(cohort, cache_dir)  # before the workers get their copy of the sampler
     if trainer is not None:
         # Lightning only with a trainer: the pool's spawned workers import this module and start faster
@@ -83,6 +94,7 @@ def summarize_cohort(
         report = summarize_with_trainer(jobs, sampler, budget, out_dir, trainer, overwrite, stop_on_error)
         report.failed |= pre.failed
         report.seconds = time.perf_counter() - t0
+        report.clusters = stats_since(before)  # this rank's
         return report
     report = RunReport()
     jobs = plan_jobs(cohort, out_dir, sampler, budget, overwrite, report)
@@ -108,6 +120,9 @@ def summarize_cohort(
         total = len(jobs) + len(report.skipped)
         raise DiskFullError(disk_full, f"{len(report.done) + len(report.skipped)} of {total} slides done")
     report.seconds = time.perf_counter() - t0
+    report.clusters = stats_since(before)
+    if report.clusters:
+        log.info("clustering cache: %s", format_stats(report.clusters))
     return report
 
 
@@ -126,7 +141,7 @@ def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers:
         it = iter(jobs)
         # keep a bounded queue so memory holds ~2 bags per worker, whatever the cohort size
         for job in it:
-            pending[pool.submit(_run_one, job, sampler, budget)] = job
+            pending[pool.submit(_run_in_worker, job, sampler, budget)] = job
             if len(pending) >= 2 * workers:
                 break
         while pending:
@@ -134,7 +149,8 @@ def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers:
             for fut in finished:
                 job = pending.pop(fut)
                 try:
-                    outcome = fut.result()
+                    outcome, counts = fut.result()
+                    STATS.update(counts)  # the workers' clustering work counts as this run's
                 except BrokenProcessPool:
                     where = Path(job.out_path).parent
                     if disk_is_full(where):  # HDF5 can crash on a failed write
@@ -148,6 +164,6 @@ def _execute(jobs: list[SlideJob], sampler: Sampler, budget: int | str, workers:
                 yield outcome
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending[pool.submit(_run_one, nxt, sampler, budget)] = nxt
+                    pending[pool.submit(_run_in_worker, nxt, sampler, budget)] = nxt
     finally:  # also when the caller stops early (stop_on_error, a full disk): queued slides never start
         pool.shutdown(wait=True, cancel_futures=True)

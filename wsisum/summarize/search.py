@@ -299,26 +299,28 @@ class WSISumSampler(Sampler):
             )
 
     def build_pool(
-        self, slide_id: str, features: np.ndarray, budget: int, dataset: str | None = None
+        self, slide_id: str, features: np.ndarray, budget: int, dataset: str | None = None, source: str = ""
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(pool indices into the bag, sorted; pool positions of the summary's rare quota; each pool
         patch's coverage weight). A slide outside every prepared cohort gets per-slide rarity only."""
-        transform = PoolTransform(max(self.pool_size, budget), self.n_clusters, self.seed, **self.pool)
+        transform = PoolTransform(
+            max(self.pool_size, budget), self.n_clusters, self.seed, **self.pool, store=self.clusters
+        )
         book = self.codebooks.get(dataset) if dataset is not None else None
         idf = book.patch_idf(features) if book is not None else None
-        pool = transform.pool_indices(slide_id, features, "", idf=idf)
+        pool = transform.pool_indices(slide_id, features, source, idf=idf)
         guided = self.selection == "guided" and not self.faithful
         n_quota = quota_size(budget, self.summary_quota, self.composition_patches, self.quota_max) if guided else 0
         quota = np.zeros(0, dtype=np.int64)
         if n_quota:
             rare = transform.cache.rare_order(
-                slide_id, features, "", max(n_quota, transform.rare_count(len(pool))), idf
+                slide_id, features, source, max(n_quota, transform.rare_count(len(pool))), idf
             )
             pool = np.union1d(pool, rare[:n_quota])  # the pool's own rare share is a prefix of the same order
             quota = np.searchsorted(pool, rare[:n_quota])
         weights = np.ones(len(pool))
         if guided and self.coverage_weighting == "slide" and len(pool) < features.shape[0]:
-            assign = transform.cache.assignments(slide_id, features, "")
+            assign = transform.cache.assignments(slide_id, features, source)
             weights = pool_weights(assign[pool], assign)
         return pool, quota, weights
 
@@ -343,7 +345,8 @@ class WSISumSampler(Sampler):
 
     def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         t0 = time.perf_counter()
-        pool, quota, weights = self.build_pool(slide_id, features, budget, context.get("dataset"))
+        source = context.get("source") or ""
+        pool, quota, weights = self.build_pool(slide_id, features, budget, context.get("dataset"), source)
         feats = torch.from_numpy(np.asarray(features[pool], dtype=np.float32))
         # patch level only (the default): no model, no forward
         scorer = self.candidate_scorer(features, pool, feats, coords, context) if self.needs_model else None
