@@ -97,7 +97,11 @@ def test_the_cached_path_gives_byte_identical_summaries_and_clusters_each_slide_
     cohort = Cohort(cohort_root)
     n = len(cohort)
     cache = tmp_path / "cache"
-    runs = [(KMeansSampler(n_clusters=6), 16), (KMeansSampler(n_clusters=6), 32), (WSISumSampler(n_clusters=6, pool_size=128), 16)]
+    runs = [
+        (KMeansSampler(n_clusters=6), 16),
+        (KMeansSampler(n_clusters=6), 32),
+        (WSISumSampler(n_clusters=6, pool_size=128), 16),
+    ]
     counts = []
     for i, (sampler, budget) in enumerate(runs):
         summarize_cohort(cohort, sampler, budget, tmp_path / f"plain{i}", progress=False)  # no cache dir
