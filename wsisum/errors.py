@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,12 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = " ".join(str(problem).split())  # one line, whatever the cause printed
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
+
+
+def examples(items: Sequence[object], k: int = 3) -> str:
+    """The first `k` of `items` for a one-line message: 'a, b, c, ...'."""
+    items = list(items)
+    return ", ".join(map(str, items[:k])) + (", ..." if len(items) > k else "")
 
 
 def positive_int(value: Any, key: str) -> int:

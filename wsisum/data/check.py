@@ -33,7 +33,7 @@ import h5py
 from wsisum.data.bags import bag_info, short_error
 from wsisum.data.cohort import Cohort
 from wsisum.data.hdf5 import open_h5
-from wsisum.errors import InputError
+from wsisum.errors import InputError, examples
 from wsisum.evaluate.tasks import TaskSpec
 from wsisum.progress import item_bar
 
@@ -180,10 +180,6 @@ class HeaderScan:
         return infos, problems
 
 
-def _examples(items: Sequence[object], k: int = 3) -> str:
-    return ", ".join(map(str, items[:k])) + (", ..." if len(items) > k else "")
-
-
 def _tally(counts: Counter) -> str:
     """`8` when every file agrees, else `8 (11), 16 (1)`: the odd ones out stand out."""
     if len(counts) == 1:
@@ -241,7 +237,7 @@ def _teacher_files(cohort: Cohort, teacher: str, report: CohortCheck) -> list[Pa
     for folder, sids in missing.items():
         what = "folder missing" if listings[folder] is None else "no file"
         n_here = present_in[folder] + len(sids)
-        report.add(folder, f"{what} for {len(sids)} of {n_here} slide(s) ({_examples(sids)})", fatal=False)
+        report.add(folder, f"{what} for {len(sids)} of {n_here} slide(s) ({examples(sids)})", fatal=False)
     return present
 
 
@@ -291,10 +287,10 @@ def _check_split(path: Path, labels: Labels | None, bags: set[str], report: Coho
     ids = [s for part in PARTS for s in split.part(part)]
     no_bag = [s for s in ids if s not in bags]
     if no_bag:
-        report.add(path, f"{len(no_bag)} slide id(s) have no bag ({_examples(no_bag)})")
+        report.add(path, f"{len(no_bag)} slide id(s) have no bag ({examples(no_bag)})")
     unlabelled = [s for s in ids if labels is not None and s not in labels.label_of]
     if unlabelled:
-        report.add(path, f"{len(unlabelled)} slide id(s) have no label in {labels.path} ({_examples(unlabelled)})")
+        report.add(path, f"{len(unlabelled)} slide id(s) have no label in {labels.path} ({examples(unlabelled)})")
     sizes = " / ".join(f"{part} {len(split.part(part))}" for part in PARTS)
     report.rows.append(("split", path.name, f"{sizes}; {status}"))
     return set(ids)
@@ -320,11 +316,11 @@ def _check_task(cohort: Cohort, task: TaskSpec, report: CohortCheck) -> None:
         return
     elsewhere = sorted(set(labels.label_of) - bags - in_splits)
     if elsewhere:
-        what = f"{len(elsewhere)} labelled slide(s) have no bag and are in no split ({_examples(elsewhere)})"
+        what = f"{len(elsewhere)} labelled slide(s) have no bag and are in no split ({examples(elsewhere)})"
         report.add(labels.path, what, fatal=False)
     unlabelled = sorted(bags - set(labels.label_of))
     if unlabelled:
-        report.add(labels.path, f"{len(unlabelled)} slide(s) with a bag have no label ({_examples(unlabelled)})", False)
+        report.add(labels.path, f"{len(unlabelled)} slide(s) with a bag have no label ({examples(unlabelled)})", False)
 
 
 def check_cohort(

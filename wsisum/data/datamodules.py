@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,9 +26,9 @@ from wsisum.data.bags import bag_info
 from wsisum.data.cohort import Cohort
 from wsisum.data.datasets import BagDataset, Item, TeacherBagDataset, collate_bags
 from wsisum.data.embeddings import read_embedding
-from wsisum.data.labels import Labels, _examples, read_labels
+from wsisum.data.labels import Labels, read_labels
 from wsisum.data.splits import PARTS, Split, read_split
-from wsisum.errors import InputError
+from wsisum.errors import InputError, examples
 
 log = logging.getLogger(__name__)
 OnBad = OnBadSlide
@@ -67,7 +68,7 @@ def scan_bags(
             raise err
         bad[sid] = str(err)
     if bad:
-        log.warning("%d slide(s) skipped as bad input: %s", len(bad), _examples(list(bad)))
+        log.warning("%d slide(s) skipped as bad input: %s", len(bad), examples(list(bad)))
     return good, dim, bad
 
 
@@ -121,6 +122,25 @@ def scan_teachers(
     return paths, dims, bad, loaded
 
 
+AUTO_WORKERS_MIN_BYTES = 8 * 2**20  # median bag file size from which `num_workers=auto` starts workers
+
+
+def resolve_num_workers(num_workers: int | str, paths: Sequence[str | Path]) -> int:
+    """`auto`: no workers for small bags, up to 2 for large ones (measured by scripts/bench_io.py).
+
+    A worker hands each bag over through shared memory: one more copy and a file descriptor per
+    tensor, plus a process start per loader. For bags of a few MB that costs more than reading them
+    (the demo cohort: 0 workers read at the plain h5py loop's speed, 2 at a fraction of it), while
+    large bags (10k-100k patches, tens of MB) are read in parallel at disk speed.
+    """
+    if num_workers != "auto":
+        return int(num_workers)
+    sizes = sorted(Path(p).stat().st_size for p in paths if Path(p).exists())
+    if not sizes or sizes[len(sizes) // 2] < AUTO_WORKERS_MIN_BYTES:
+        return 0
+    return max(1, min(2, (os.cpu_count() or 1) - 1))
+
+
 def _loader(
     ds: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int, persistent: bool = True
 ) -> DataLoader:
@@ -155,7 +175,7 @@ class ClassificationDataModule(L.LightningDataModule):
         labels_path: str | Path | None = None,
         splits_dir: str | Path | None = None,
         batch_size: int = 1,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         seed: int = 0,
         check_values: bool = True,
         allow_leakage: bool = False,
@@ -200,13 +220,13 @@ class ClassificationDataModule(L.LightningDataModule):
         unlabelled = [s for s in ids if s not in labels.label_of]
         if unlabelled and self.on_bad_slide == "error":
             raise InputError(
-                split.path, f"{len(unlabelled)} slide id(s) have no label in {labels.path} ({_examples(unlabelled)})"
+                split.path, f"{len(unlabelled)} slide id(s) have no label in {labels.path} ({examples(unlabelled)})"
             )
         for s in unlabelled:
             self.skipped[s] = f"{split.path}: slide '{s}' has no label in {labels.path}"
         no_bag = [s for s in ids if s not in cohort and s in labels.label_of]
         if no_bag and self.on_bad_slide == "error":
-            raise InputError(cohort.bag_dir, f"no bag for {len(no_bag)} slide(s) of {split.path} ({_examples(no_bag)})")
+            raise InputError(cohort.bag_dir, f"no bag for {len(no_bag)} slide(s) of {split.path} ({examples(no_bag)})")
         for s in no_bag:
             self.skipped[s] = f"{cohort.bag_dir}: no bag for slide '{s}' of {split.path}"
         unused = sorted(set(labels.label_of) - set(cohort.slides) - set(ids))
@@ -226,6 +246,7 @@ class ClassificationDataModule(L.LightningDataModule):
                 [labels.label_of[s] for s in sids],
                 check_values=self.check_values,
             )
+        self.num_workers = resolve_num_workers(self.num_workers, [p for d in self.parts.values() for p in d.paths])
 
     def train_dataloader(self) -> DataLoader:
         return _loader(self.parts["train"], self.batch_size, self.num_workers, True, self.seed + self.fold)
@@ -259,7 +280,7 @@ class PretrainDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         exclude: Sequence[str] = (),
         batch_size: int = 1,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         seed: int = 0,
         check_values: bool = True,
         on_bad_slide: OnBad = "skip",
@@ -305,6 +326,7 @@ class PretrainDataModule(L.LightningDataModule):
                 # validation keeps the epoch-0 pools (a shallow copy: own epoch, shared cluster cache)
                 transform=self.transform if part == "train" else copy.copy(self.transform),
             )
+        self.num_workers = resolve_num_workers(self.num_workers, [p for d in self.parts.values() for p in d.paths])
 
     def train_dataloader(self) -> DataLoader:
         # A new loader (and fresh workers) every epoch carries the current epoch to the pool transform,

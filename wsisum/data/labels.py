@@ -8,12 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsisum.errors import InputError
-
-
-def _examples(items: Sequence[object], k: int = 3) -> str:
-    shown = ", ".join(map(str, list(items)[:k]))
-    return shown + (", ..." if len(items) > k else "")
+from wsisum.errors import InputError, examples
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,7 @@ def read_labels(path: str | Path, classes: Sequence[str] | None = None) -> Label
         raise InputError(path, f"{len(blank)} row(s) with an empty slide_id or label (first at line {blank[0] + 2})")
     dup = df["slide_id"][df["slide_id"].duplicated()].unique()
     if len(dup):
-        raise InputError(path, f"{len(dup)} duplicated slide id(s): {_examples(dup)}")
+        raise InputError(path, f"{len(dup)} duplicated slide id(s): {examples(dup)}")
     found = sorted(df["label"].unique())
     if classes is None:
         classes = found

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wsisum.data.labels import _examples
-from wsisum.errors import InputError
+from wsisum.errors import InputError, examples
 
 PARTS = ("train", "val", "test")
 _SPLIT_NAME = re.compile(r"^splits_(\d+)\.csv$")
@@ -66,12 +65,12 @@ def split_problems(parts: Mapping[str, list[str]], case_of: Mapping[str, str] | 
         seen: set[str] = set()
         dups = sorted({s for s in ids if s in seen or seen.add(s)})
         if dups:
-            problems.append(f"{len(dups)} id(s) listed twice in {name} ({_examples(dups)})")
+            problems.append(f"{len(dups)} id(s) listed twice in {name} ({examples(dups)})")
     sets = {name: set(ids) for name, ids in parts.items()}
     for a, b in combinations(PARTS, 2):
         both = sorted(sets[a] & sets[b])
         if both:
-            problems.append(f"{len(both)} slide id(s) in both {a} and {b} ({_examples(both)})")
+            problems.append(f"{len(both)} slide id(s) in both {a} and {b} ({examples(both)})")
     if case_of:
         slides_by_case: dict[str, dict[str, set[str]]] = {}
         for name, ids in sets.items():

@@ -76,7 +76,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _fmt(mean: float, std: float, n: int, digits: int) -> str:
+def format_mean_std(mean: float, std: float, n: int, digits: int) -> str:
+    """'0.912 ± 0.031' over n replicates ('n/a' for none, the mean alone for one)."""
     if n == 0 or math.isnan(mean):
         return "n/a"
     if n < 2 or math.isnan(std):
@@ -84,11 +85,13 @@ def _fmt(mean: float, std: float, n: int, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _digits(metric: str) -> int:
+def metric_digits(metric: str) -> int:
+    """Decimals a metric is shown with: 3 for scores, 2 for seconds, 0 for MB, else 1."""
     return 3 if metric.startswith(("test_", "val_")) else (2 if metric.endswith("_s") else 0 if "mb" in metric else 1)
 
 
-def _budget_str(b: object) -> str:
+def budget_text(b: object) -> str:
+    """A budget cell: '' for the full bags (no budget), else the whole number."""
     return "" if b is None or b is pd.NA or (isinstance(b, float) and math.isnan(b)) else str(int(b))
 
 
@@ -109,14 +112,14 @@ def markdown_table(agg: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) ->
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def order(k: tuple) -> tuple:
-        b = _budget_str(k[2])
+        b = budget_text(k[2])
         return (k[0], k[3], k[1] != FULL, k[1], int(b) if b else -1)
 
     for key in sorted(wide, key=order):
         cells = wide[key]
         n = max((c[2] for c in cells.values()), default=0)
-        row = [key[0], key[3], key[1], _budget_str(key[2]), str(n)]
-        row += [_fmt(*cells[m], _digits(m)) if m in cells else "" for m in metrics]
+        row = [key[0], key[3], key[1], budget_text(key[2]), str(n)]
+        row += [format_mean_std(*cells[m], metric_digits(m)) if m in cells else "" for m in metrics]
         if speed and key[1] == FULL:
             row.append("(ref)" if (key[0], key[3]) in full_time else "")
         elif speed:

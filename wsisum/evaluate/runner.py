@@ -32,9 +32,9 @@ from wsisum.data.bad_slides import read_ledger
 from wsisum.data.bags import bag_info
 from wsisum.data.datamodules import ClassificationDataModule
 from wsisum.data.hdf5 import open_h5
-from wsisum.data.labels import _examples, read_labels
+from wsisum.data.labels import read_labels
 from wsisum.data.splits import read_split, split_files
-from wsisum.errors import InputError, positive_int
+from wsisum.errors import InputError, examples, positive_int
 from wsisum.evaluate.folds import fold_datamodule
 from wsisum.evaluate.results import FULL, METRICS_FILE, RunLabel, rows_for_fold, write_metrics
 from wsisum.evaluate.tasks import TaskSpec
@@ -146,7 +146,7 @@ def run_label(cfg: DictConfig, task: TaskSpec, dm: ClassificationDataModule) -> 
     if budget is not None:
         over = [p.stem for p, n in sizes if n > budget]
         if over:
-            raise InputError(bag_dir, f"{len(over)} bag(s) have more than budget={budget} patches ({_examples(over)})")
+            raise InputError(bag_dir, f"{len(over)} bag(s) have more than budget={budget} patches ({examples(over)})")
     return RunLabel(task.name, str(sampler or found_s or Path(bag_dir).name), budget, str(mil))
 
 

@@ -62,6 +62,7 @@ class MILModel(nn.Module):
     """
 
     aux_weight: float = 0.0
+    has_attention: bool = False  # True where `MILOutput.attention` scores every patch (ABMIL, CLAM-SB)
 
     def __init__(self, in_dim: int, n_classes: int):
         super().__init__()
@@ -118,6 +119,8 @@ class ABMIL(MILModel):
         self.embed = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.pool = AttentionPool(in_dim=hidden_dim, att_dim=att_dim, act="tanh", gated=gated)
         self.classifier = nn.Linear(hidden_dim, n_classes)
+
+    has_attention = True
 
     def _attend(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         self._check(x)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from wsisum.evaluate.aggregate import FULL, KEYS, _budget_str, _digits, _fmt
+from wsisum.evaluate.aggregate import FULL, KEYS, budget_text, format_mean_std, metric_digits
 from wsisum.report.rundir import RunDir
 from wsisum.report.tables import Table, budget_label, format_bytes, format_ratio
 
@@ -96,7 +96,7 @@ def storage_table(df: pd.DataFrame) -> Table:
         numeric={1, 2, 3, 4, 5, 6},
     )
     for i, r in enumerate(df.itertuples(index=False)):
-        b = _budget_str(r.budget)
+        b = budget_text(r.budget)
         is_full = r.sampler == FULL
         if is_full:
             t.ref_rows.add(i)
@@ -171,13 +171,13 @@ def mil_cost_table(wide: pd.DataFrame) -> Table:
             str(r["task"]),
             str(r["mil"]),
             str(r["sampler"]),
-            budget_label(r["sampler"], _budget_str(r["budget"])),
+            budget_label(r["sampler"], budget_text(r["budget"])),
             str(folds),
         ]
         for m in present:
             mean, std, n = r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_n"]
             n = 0 if pd.isna(n) else int(n)
-            row.append(_fmt(float(mean), float(std), n, _digits(m)) if n else "")
+            row.append(format_mean_std(float(mean), float(std), n, metric_digits(m)) if n else "")
             if m != "patches_per_bag":
                 row.append("(ref)" if is_full else format_ratio(float(r[f"{m}_full"]), float(mean)))
         t.rows.append(row)

@@ -24,7 +24,7 @@ class MILAttentionScorer:
             from wsisum.lit.classifier import load_mil_checkpoint
 
             mil = load_mil_checkpoint(self.ckpt_path)
-            if not hasattr(mil.model, "_attend"):
+            if not getattr(mil.model, "has_attention", False):
                 raise InputError(
                     self.ckpt_path, f"{type(mil.model).__name__} has no attention scores (use abmil or clam_sb)"
                 )

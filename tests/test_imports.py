@@ -1,0 +1,82 @@
+"""The package's layering, read from the source with `ast`: no module imports another module's
+private name, and the module-level imports have no cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "wsisum"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {_module_name(p): ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _top_level_imports(tree: ast.Module) -> list[ast.ImportFrom | ast.Import]:
+    """Imports that run when the module is imported (not inside functions or `if TYPE_CHECKING`)."""
+    found, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        elif isinstance(node, ast.If) and not _is_type_checking(node):
+            todo += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            todo += node.body + node.orelse + node.finalbody + [n for h in node.handlers for n in h.body]
+    return found
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    offences = []
+    for name, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wsisum") and node.module != name:
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        offences.append(f"{name} imports {node.module}.{alias.name}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "hasattr" and len(node.args) == 2:
+                arg = node.args[1]
+                if isinstance(arg, ast.Constant) and str(arg.value).startswith("_"):
+                    offences.append(f"{name} asks hasattr(..., {arg.value!r})")
+    assert not offences, "\n".join(offences)
+
+
+def test_module_level_imports_have_no_cycle() -> None:
+    modules = _modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, tree in modules.items():
+        for node in _top_level_imports(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:  # `from wsisum.report import cost` depends on the submodule, not on the package's __init__
+                subs = [f"{node.module}.{a.name}" for a in node.names]
+                targets = [s for s in subs if s in modules]
+                if len(targets) < len(subs):
+                    targets.append(node.module or "")
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt] if nxt in path else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
