@@ -185,3 +185,21 @@ def test_pretrain_transform_and_exclude(small_cohort) -> None:
     (batch,) = _all(dm.train_dataloader())
     assert batch["features"].shape[:2] == (11, 2) and "dsB-000" not in batch["slide_id"]
     assert set(batch["teachers"]) == {"PRISM", "TITAN"}
+
+
+def test_auto_workers_read_small_bags_in_process_and_large_ones_in_workers(tmp_path, small_cohort) -> None:
+    from wsisum.data.datamodules import AUTO_WORKERS_MIN_BYTES, resolve_num_workers
+
+    root, _ = small_cohort
+    small = sorted(str(p) for p in (root / "h5_files").rglob("*.h5"))
+    assert resolve_num_workers("auto", small) == 0 and resolve_num_workers(3, small) == 3
+    large = []
+    for i in range(3):
+        p = tmp_path / f"large{i}.h5"
+        with open(p, "wb") as f:
+            f.truncate(AUTO_WORKERS_MIN_BYTES + 1)  # sparse: only its size matters
+        large.append(str(p))
+    assert resolve_num_workers("auto", large) >= 1
+    dm = ClassificationDataModule(root, "task", num_workers="auto")
+    dm.setup()
+    assert dm.num_workers == 0 and dm.train_dataloader().num_workers == 0
