@@ -3,15 +3,13 @@ one run (exit 1), and a large cohort is scanned from headers only."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from tests.apps import run_app
 from tests.conftest import make_cohort
 from wsisum.data import check as check_module
 from wsisum.data.bags import write_bag
@@ -19,14 +17,6 @@ from wsisum.data.check import HeaderScan, check_cohort, teacher_info
 from wsisum.data.embeddings import write_embedding
 from wsisum.data.splits import write_split
 from wsisum.errors import InputError
-
-
-def _script(name: str) -> str:
-    exe = Path(sys.executable).parent / name
-    found = str(exe) if exe.exists() else shutil.which(name)
-    if not found:
-        pytest.skip(f"{name} is not installed")
-    return found
 
 
 def _rows(report) -> dict[tuple[str, str], str]:
@@ -100,8 +90,8 @@ def test_broken_cohort_lists_every_problem_in_one_run(small_cohort, tmp_path: Pa
     configs = tmp_path / "my_configs"
     (configs / "task").mkdir(parents=True)
     (configs / "task" / "task.yaml").write_text("classes: [class0, class1]\n")  # the name comes from task=task
-    cmd = [_script("wsisum-check"), "--config-dir", str(configs), f"data.root={root}", "task=task", "progress=false"]
-    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    args = ["--config-dir", str(configs), f"data.root={root}", "task=task", "progress=false"]
+    r = run_app("check", *args, cwd=tmp_path, timeout=300, script=True)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     lines = r.stderr.splitlines()
@@ -120,8 +110,8 @@ def test_check_runs_with_a_task_of_the_config_group(tmp_path: Path) -> None:
     rows = "".join(f"syn_bracs-{i:03d},{grade}\n" for i, grade in enumerate(grades))
     (root / "labels" / "bracs.csv").write_text("slide_id,label\n" + rows)
     (root / "splits" / "task").rename(root / "splits" / "bracs")
-    cmd = [_script("wsisum-check"), f"data.root={root}", "task=syn_bracs", "teachers=titan"]
-    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    args = [f"data.root={root}", "task=syn_bracs", "teachers=titan"]
+    r = run_app("check", *args, cwd=tmp_path, timeout=300, script=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1] == "cohort OK: 6 slide(s) checked"
     assert "TITAN" in r.stdout and "PRISM" not in r.stdout and "DCIS" in r.stdout
@@ -171,7 +161,6 @@ def test_the_pipeline_checks_the_cohort_before_its_first_stage(small_cohort, tmp
     (root / "h5_files" / "dsA" / "dsA-001.h5").write_bytes(b"not hdf5")
     write_embedding(root / "slide_embeddings" / "dsB" / "PRISM" / "dsB-001.h5", np.ones(13))
     run_dir = tmp_path / "study"
-    exe = Path(sys.executable).parent / "wsisum-pipeline"
     (tmp_path / "my_configs" / "task").mkdir(parents=True)
     (tmp_path / "my_configs" / "task" / "task.yaml").write_text("name: task\n")  # the user's own task
     args = [
@@ -182,7 +171,7 @@ def test_the_pipeline_checks_the_cohort_before_its_first_stage(small_cohort, tmp
         f"run_dir={run_dir}",
         "evaluate.tasks=[task]",
     ]
-    r = subprocess.run([str(exe), *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = run_app("pipeline", *args, cwd=tmp_path, timeout=300, script=True)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "dsA-001.h5: unreadable HDF5 file" in r.stderr and "PRISM/dsB-001.h5" in r.stderr
     assert "a later stage would fail" in r.stderr and "Traceback" not in r.stderr

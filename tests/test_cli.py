@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-
-def _script(name: str) -> list[str]:
-    exe = Path(sys.executable).parent / name
-    if not exe.exists():
-        found = shutil.which(name)
-        if not found:
-            pytest.skip(f"{name} is not installed")
-        exe = Path(found)
-    return [str(exe)]
+from tests.apps import run_app
 
 
 def run(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*_script(name), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return run_app(name.removeprefix("wsisum-"), *args, cwd=cwd, timeout=300, script=True)
 
 
 def test_synth_writes_tiny_cohort_then_refuses_other_seed(tmp_path: Path) -> None:

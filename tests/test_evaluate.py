@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
+from tests.apps import run_app
 from tests.conftest import compose_config
 from wsisum.data.bags import read_bag, write_bag
 from wsisum.data.splits import write_split
@@ -332,14 +333,7 @@ def test_summary_bags_are_labelled_from_their_attrs(tiny_cohort: Path, tmp_path:
 
 
 def _app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wsisum.apps.evaluate", *args, *FAST],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_app("evaluate", *args, *FAST, cwd=cwd)
 
 
 def test_a_task_defined_only_in_a_user_config_dir(tiny_copy: Path, tmp_path: Path) -> None:

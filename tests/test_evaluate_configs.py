@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from tests.apps import run_app
 from tests.conftest import compose_config
 from wsisum.apps._app import CONFIG_DIR
 from wsisum.evaluate.tasks import TaskSpec
@@ -80,14 +80,7 @@ def test_launcher_configs(launcher: str, target: str) -> None:
 
 
 def _app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "wsisum.apps.evaluate", *args, *FAST],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    return run_app("evaluate", *args, *FAST, cwd=cwd, timeout=900)
 
 
 @pytest.mark.slow

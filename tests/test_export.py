@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
 
+from tests.apps import run_app
 from wsisum.data.bags import read_bag, write_bag
 from wsisum.data.cohort import Cohort
 from wsisum.errors import InputError
@@ -114,18 +113,8 @@ def _square(x: float, y: float, side: float) -> list[list[float]]:
     return [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
 
 
-def _script(name: str) -> list[str]:
-    exe = Path(sys.executable).parent / name
-    if not exe.exists():
-        found = shutil.which(name)
-        if not found:
-            pytest.skip(f"{name} is not installed")
-        exe = Path(found)
-    return [str(exe)]
-
-
 def run_export(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*_script("wsisum-export"), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return run_app("export", *args, cwd=cwd, timeout=300, script=True)
 
 
 def test_schema_is_valid_and_rejects_a_point() -> None:

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.apps import run_app
+
+pytestmark = pytest.mark.slow  # the whole tiny study, three times: CI runs it with the slow tests
+
 
 def _pipeline(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [
-        sys.executable,
-        "-m",
-        "wsisum.apps.pipeline",
-        "experiment=tiny",
-        f"run_dir={tmp_path / 'run'}",
-        f"cohort.root={tmp_path / 'cohort'}",
-        *extra,
-    ]
-    return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    args = ["experiment=tiny", f"run_dir={tmp_path / 'run'}", f"cohort.root={tmp_path / 'cohort'}", *extra]
+    return run_app("pipeline", *args, cwd=tmp_path, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from tests.apps import run_app
 from wsisum.evaluate import replicas as rep
 from wsisum.evaluate.replicas import BagStore, ReplicaSettings, ReplicaSpec, fit_replicas
 from wsisum.evaluate.results import COLUMNS, read_metrics
@@ -140,8 +140,7 @@ def test_settings_refuse_an_unknown_monitor() -> None:
 
 
 def _app(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "wsisum.apps.evaluate", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    return run_app("evaluate", *args, cwd=cwd)
 
 
 def test_engine_replicas_through_the_app_writes_seeded_metrics_and_curves(tiny_cohort: Path, tmp_path: Path) -> None:
