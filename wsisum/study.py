@@ -131,7 +131,7 @@ class Study:
 
     @staticmethod
     def say(line: str) -> None:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)  # one line per event, whatever the width
 
     def write_summary(self, config: dict) -> Path:
         path = self.run_dir / "study.json"

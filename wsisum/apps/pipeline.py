@@ -298,9 +298,7 @@ def stage_check(cfg: DictConfig, root: Path) -> None:
         print(f"error: {len(fatal)} problem(s) in the cohort {root}; a later stage would fail", file=sys.stderr)
         raise SystemExit(1)
     warnings = len(problems) - len(fatal)
-    console.print(
-        f"[green]checked[/green] cohort: {n_slides} slides" + (f", {warnings} warning(s)" if warnings else "")
-    )
+    Study.say(f"[green]checked[/green] cohort: {n_slides} slides" + (f", {warnings} warning(s)" if warnings else ""))
 
 
 def run_stages(study: Study, cfg: DictConfig, root: Path) -> None:
