@@ -17,6 +17,9 @@ from wsisum.console import STAGE_LOGGER, batch_console, capture_stdout, configur
 def handlers(tmp_path, monkeypatch):
     """Hydra's two handlers (terminal + run log file) on the root logger, restored afterwards."""
     monkeypatch.setattr(console, "_state", {"configured": False, "batch": False, "verbose": False})
+    # an app that ran earlier in this process left warnings routed to logging, but pytest's per-test
+    # warning capture has put the original showwarning back: start from the unrouted state
+    logging.captureWarnings(False)
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
     term = logging.StreamHandler(sys.stdout)
