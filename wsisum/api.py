@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from wsisum.data.bags import Bag
-from wsisum.errors import InputError, budget_option
+from wsisum.errors import InputError, budget_option, input_error_in
 from wsisum.sampling.base import Sampler, Selection
 from wsisum.summarize import writer
 
@@ -52,15 +52,6 @@ def build_sampler(name: str, seed: int = 0, **options: Any) -> Sampler:
         if cause is None:
             raise
         raise cause from None
-
-
-def input_error_in(err: BaseException | None) -> InputError | None:
-    """The user's one-line error inside hydra's wrapping of a failed instantiation, if any."""
-    for _ in range(10):
-        if err is None or isinstance(err, InputError):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def as_array(values: Any) -> np.ndarray:

@@ -16,6 +16,15 @@ class InputError(ValueError):
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
 
 
+def input_error_in(err: BaseException | None) -> InputError | None:
+    """The user's one-line error inside a library's wrapping of it (Hydra's failed instantiation)."""
+    for _ in range(10):
+        if err is None or isinstance(err, InputError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def examples(items: Sequence[object], k: int = 3) -> str:
     """The first `k` of `items` for a one-line message: 'a, b, c, ...'."""
     items = list(items)

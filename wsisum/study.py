@@ -65,12 +65,14 @@ class Study:
         text = json.dumps(plain, sort_keys=True, default=str) + "|" + "|".join(upstream)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
+    def marker(self, key: str) -> dict[str, Any]:
+        """What a finished stage recorded (fingerprint, seconds, clustering counts); {} if it never finished."""
+        p = self._marker(key)
+        return json.loads(p.read_text()) if p.is_file() else {}
+
     def finished(self, key: str) -> str | None:
         """The fingerprint a finished stage was run with (None if it never finished)."""
-        p = self._marker(key)
-        if not p.is_file():
-            return None
-        return json.loads(p.read_text()).get("fingerprint")
+        return self.marker(key).get("fingerprint")
 
     def run(
         self,
@@ -89,10 +91,10 @@ class Study:
         failed_up = [u for u in upstream if u in self.results and self.results[u].status == "failed"]
         if failed_up:
             return self._done(StageResult(key, "failed", 0.0, fp, f"skipped: {', '.join(failed_up)} failed"))
-        previous = self.finished(key)
+        done = self.marker(key)
+        previous = done.get("fingerprint")
         if previous == fp and all(Path(o).exists() for o in outputs):  # what it computed when it ran stays on record
-            clusters = json.loads(self._marker(key).read_text()).get("clusters") or {}
-            return self._done(StageResult(key, "reused", 0.0, fp, clusters=clusters))
+            return self._done(StageResult(key, "reused", 0.0, fp, clusters=done.get("clusters") or {}))
         if previous is not None and previous != fp:
             self.say(f"[yellow]recompute[/yellow] {key}: its recipe or an input changed")
             if clean is not None:

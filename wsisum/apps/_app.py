@@ -14,22 +14,11 @@ from omegaconf.errors import MissingMandatoryValue
 
 from wsisum.console import configure_console
 from wsisum.data.output_faults import disk_full_cause, quiet_h5py_dealloc, where_full
-from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError
+from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError, input_error_in
 
 # `wsisum/configs` is a link to the top-level `configs/` (and a copy inside a built wheel), so the
 # apps find their configs both in a source checkout and in an installed package.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-
-def _input_error_in(err: BaseException) -> InputError | None:
-    """Hydra wraps errors raised while instantiating a config; find the user's one inside."""
-    seen = 0
-    while err is not None and seen < 10:
-        if isinstance(err, InputError):
-            return err
-        err = err.__cause__ or err.__context__
-        seen += 1
-    return None
 
 
 def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
@@ -50,7 +39,7 @@ def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from None
         except InstantiationException as err:
-            cause = _input_error_in(err)
+            cause = input_error_in(err)
             if cause is None:
                 raise
             print(f"error: {cause}", file=sys.stderr, flush=True)

@@ -15,9 +15,8 @@ from rich.console import Console
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.check import CohortCheck, check_cohort, render_table
+from wsisum.data.layouts import layout_options
 from wsisum.evaluate.tasks import TaskSpec
-
-COHORT_OPTIONS = ("layout", "encoder")  # data.* keys that say where a cohort's files are, passed when set
 
 
 def _task_choice() -> str | None:
@@ -31,7 +30,6 @@ def run_check(cfg: DictConfig) -> CohortCheck:
     if cfg.get("task"):
         task = TaskSpec.from_config(OmegaConf.to_container(cfg.task, resolve=True), cfg.data.root, _task_choice())
     names = cfg.teachers.get("names") if cfg.get("teachers") else None
-    options = {k: cfg.data[k] for k in COHORT_OPTIONS if cfg.data.get(k) is not None}
     return check_cohort(
         cfg.data.root,
         cfg.data.get("datasets"),
@@ -39,7 +37,7 @@ def run_check(cfg: DictConfig) -> CohortCheck:
         teachers=list(names) if names else None,
         progress=bool(cfg.get("progress", False)),
         workers=None if cfg.get("workers") is None else int(cfg.workers),
-        **options,
+        **layout_options(cfg.data),
     )
 
 
