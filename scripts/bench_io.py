@@ -2,10 +2,11 @@
 
     python scripts/bench_io.py [--root outputs/cohorts/demo] [--task syn_brca] [--repeats 3]
 
-Both read every bag of one fold (train + val + test) with the page cache warm, with 0, 1, 2 and
-`auto` loader workers. "ratio" is the steady state (every epoch of a fit after its first: persistent
-workers, values already checked); "first pass ratio" includes starting the workers and the one
-NaN/Inf scan per file and process. Goal: ratio (DataModule / plain) >= 0.8. Realistic bag sizes:
+Both read every bag of one fold (train + val + test) with the page cache warm, with no workers,
+1 and 2 worker processes, 1 and 2 reader threads, and `auto` (the default: reader threads for large
+bags, none for small ones). "ratio" is the steady state (every epoch of a fit after its first:
+persistent workers, values already checked); "first pass ratio" includes starting the workers and
+the one NaN/Inf scan per file and process. Goal: ratio (DataModule / plain) >= 0.8. Realistic bag sizes:
 `--root outputs/cohorts/large --preset large --task camelyon17` (10k-100k patches per bag).
 """
 
@@ -50,11 +51,11 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def measure(root: Path, task: str, workers: int | str, repeats: int) -> dict:
+def measure(root: Path, task: str, workers: int | str, kind: str, repeats: int) -> dict:
     """One fold read by the DataModule: the first pass (worker start, value checks) and the steady
     epochs after it (persistent workers, as every epoch of a fit after the first), against a plain
     h5py loop over the same files, all with the page cache warm."""
-    dm = ClassificationDataModule(root, task, num_workers=workers)
+    dm = ClassificationDataModule(root, task, num_workers=workers, worker_kind=kind)
     dm.setup()
     paths = [p for part in dm.parts.values() for p in part.paths]
     nbytes = plain_loop(paths)  # warms the page cache
@@ -64,9 +65,10 @@ def measure(root: Path, task: str, workers: int | str, repeats: int) -> dict:
     epoch(loaders)
     t_first = time.perf_counter() - t0
     t_steady = best_of(lambda: epoch(loaders), repeats)
-    used = loaders[0].num_workers
+    used = getattr(loaders[0], "threads", loaders[0].num_workers)
     return {
         "workers": f"{workers} -> {used}" if workers == "auto" else str(workers),
+        "kind": kind,
         "bags": len(paths),
         "bytes": nbytes,
         "plain": t_plain,
@@ -89,13 +91,14 @@ def main() -> None:
         preset = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preset" / f"{args.preset}.yaml"))
         generate_cohort(root, preset, seed=0)
     task = args.task or sorted(p.stem for p in (root / "labels").glob("*.csv"))[0]
-    rows = [measure(root, task, w, args.repeats) for w in (0, 1, 2, "auto")]
+    runs = [(0, "process"), (1, "process"), (2, "process"), (1, "thread"), (2, "thread"), ("auto", "thread")]
+    rows = [measure(root, task, w, kind, args.repeats) for w, kind in runs]
     print(f"cohort {root}  task {task}  ({rows[0]['bags']} bags, {rows[0]['bytes'] / 1e6:.1f} MB read per pass)")
     print(f"{'reader':<30}{'bags/s':>10}{'MB/s':>10}{'ratio':>8}{'first pass ratio':>18}")
     plain = min(r["plain"] for r in rows)
     print(f"{'plain h5py loop':<30}{rows[0]['bags'] / plain:>10.1f}{rows[0]['bytes'] / 1e6 / plain:>10.1f}")
     for r in rows:
-        label = f"DataModule, workers={r['workers']}"
+        label = "no workers" if r["workers"] == "0" else f"{r['kind']} workers={r['workers']}"
         ratio, first = r["plain"] / r["steady"], r["plain"] / r["first"]
         print(
             f"{label:<30}{r['bags'] / r['steady']:>10.1f}{r['bytes'] / 1e6 / r['steady']:>10.1f}{ratio:>8.2f}{first:>18.2f}"

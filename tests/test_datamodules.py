@@ -55,9 +55,10 @@ def test_train_order_is_seeded(small_cohort) -> None:
     assert order(0) != order(1) or len(order(0)) < 3
 
 
-def test_workers_read_lazily(small_cohort) -> None:
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_workers_read_lazily(small_cohort, kind: str) -> None:
     root, feats = small_cohort
-    dm = ClassificationDataModule(root, "task", num_workers=2, batch_size=2)
+    dm = ClassificationDataModule(root, "task", num_workers=2, batch_size=2, worker_kind=kind)
     dm.setup()
     got = {sid: int(n) for b in dm.train_dataloader() for sid, n in zip(b["slide_id"], b["n_patches"])}
     assert got == {s: len(feats[s]) for s in dm.split.train}
@@ -203,3 +204,73 @@ def test_auto_workers_read_small_bags_in_process_and_large_ones_in_workers(tmp_p
     dm = ClassificationDataModule(root, "task", num_workers="auto")
     dm.setup()
     assert dm.num_workers == 0 and dm.train_dataloader().num_workers == 0
+
+
+def _batches(dm: ClassificationDataModule) -> list[tuple[str, list[str], torch.Tensor, torch.Tensor]]:
+    return [
+        (part, b["slide_id"], b["features"], b["mask"])
+        for part in ("train", "val", "test")
+        for b in getattr(dm, f"{part}_dataloader")()
+    ]
+
+
+def test_reader_threads_yield_what_one_process_reads_in_the_same_order(small_cohort) -> None:
+    root, _ = small_cohort
+    loaded = {}
+    for kind, workers in (("thread", 0), ("thread", 3), ("process", 2)):
+        dm = ClassificationDataModule(root, "task", num_workers=workers, batch_size=2, seed=5, worker_kind=kind)
+        dm.setup()
+        loaded[kind, workers] = _batches(dm)
+    reference = loaded["thread", 0]
+    assert len(reference) > 3
+    for key, got in loaded.items():
+        assert [(p, ids) for p, ids, _, _ in got] == [(p, ids) for p, ids, _, _ in reference], key
+        for (_, _, x, m), (_, _, y, n) in zip(got, reference):
+            assert torch.equal(x, y) and torch.equal(m, n)
+
+
+def test_a_threaded_loader_left_early_stops_its_readers_and_can_start_again(small_cohort) -> None:
+    import threading
+
+    root, _ = small_cohort
+    dm = ClassificationDataModule(root, "task", num_workers=2, batch_size=1)
+    dm.setup()
+    loader = dm.train_dataloader()
+    first = next(iter(loader))
+    assert len(first["slide_id"]) == 1
+    for _ in loader:  # a fresh pass after one left early
+        break
+    import gc
+
+    gc.collect()
+    assert not [t for t in threading.enumerate() if t.name.startswith("wsisum-reader")]
+    assert len(list(loader)) == len(dm.split.train)
+
+
+def test_lightning_keeps_the_reader_threads_when_it_shards_the_loader_for_ddp(small_cohort) -> None:
+    """Under DDP Lightning re-creates a loader with a DistributedSampler from its recorded arguments."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from wsisum.data.thread_loader import ThreadDataLoader
+
+    root, _ = small_cohort
+    dm = ClassificationDataModule(root, "task", num_workers=2)
+    dm.setup()
+    with _replace_dunder_methods(DataLoader, "dataset"):
+        loader = dm.test_dataloader()
+    assert isinstance(loader, ThreadDataLoader)
+    shards = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=False)
+        sharded = _update_dataloader(loader, sampler)
+        assert isinstance(sharded, ThreadDataLoader) and sharded.threads == 2
+        shards.append([sid for b in sharded for sid in b["slide_id"]])
+    assert sorted(shards[0] + shards[1]) == sorted(dm.split.test + dm.split.test[: len(dm.split.test) % 2])
+
+
+def test_an_unknown_worker_kind_is_one_line(small_cohort) -> None:
+    root, _ = small_cohort
+    with pytest.raises(ValueError, match="worker_kind must be one of thread, process"):
+        ClassificationDataModule(root, "task", worker_kind="fiber")

@@ -28,6 +28,7 @@ from wsisum.data.datasets import BagDataset, Item, TeacherBagDataset, collate_ba
 from wsisum.data.embeddings import read_embedding
 from wsisum.data.labels import Labels, read_labels
 from wsisum.data.splits import PARTS, Split, read_split
+from wsisum.data.thread_loader import ThreadDataLoader
 from wsisum.errors import InputError, examples
 
 log = logging.getLogger(__name__)
@@ -128,10 +129,10 @@ AUTO_WORKERS_MIN_BYTES = 8 * 2**20  # median bag file size from which `num_worke
 def resolve_num_workers(num_workers: int | str, paths: Sequence[str | Path]) -> int:
     """`auto`: no workers for small bags, up to 2 for large ones (measured by scripts/bench_io.py).
 
-    A worker hands each bag over through shared memory: one more copy and a file descriptor per
-    tensor, plus a process start per loader. For bags of a few MB that costs more than reading them
-    (the demo cohort: 0 workers read at the plain h5py loop's speed, 2 at a fraction of it), while
-    large bags (10k-100k patches, tens of MB) are read in parallel at disk speed.
+    For bags of a few hundred kB (summaries, the demo cohort) handing a bag to a worker and back
+    costs more than reading it in the loop (0.9 of a plain h5py loop without workers, 0.5 with 2
+    reader threads, 0.1 with 2 processes), while large bags (10k-100k patches, tens of MB) are read
+    by 1-2 reader threads at the plain loop's speed, overlapped with the training step.
     """
     if num_workers != "auto":
         return int(num_workers)
@@ -141,19 +142,28 @@ def resolve_num_workers(num_workers: int | str, paths: Sequence[str | Path]) -> 
     return max(1, min(2, (os.cpu_count() or 1) - 1))
 
 
+WORKER_KINDS = ("thread", "process")
+
+
 def _loader(
-    ds: Dataset, batch_size: int, num_workers: int, shuffle: bool, seed: int, persistent: bool = True
+    ds: Dataset,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    seed: int,
+    persistent: bool = True,
+    worker_kind: str = "process",
 ) -> DataLoader:
     gen = torch.Generator().manual_seed(seed) if shuffle else None
+    common = dict(batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=gen)
+    if worker_kind == "thread" and num_workers > 0:
+        return ThreadDataLoader(ds, threads=num_workers, pin_memory=torch.cuda.is_available(), **common)
     return DataLoader(
         ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
         num_workers=num_workers,
-        collate_fn=collate_bags,
-        generator=gen,
         persistent_workers=persistent and num_workers > 0,
         pin_memory=torch.cuda.is_available(),
+        **common,
     )
 
 
@@ -176,6 +186,7 @@ class ClassificationDataModule(L.LightningDataModule):
         splits_dir: str | Path | None = None,
         batch_size: int = 1,
         num_workers: int | str = 0,
+        worker_kind: str = "thread",
         seed: int = 0,
         check_values: bool = True,
         allow_leakage: bool = False,
@@ -191,6 +202,9 @@ class ClassificationDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.check_values, self.allow_leakage, self.on_bad_slide = check_values, allow_leakage, on_bad_slide
         self.layout, self.encoder = layout, encoder
+        if worker_kind not in WORKER_KINDS:
+            raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, not {worker_kind!r}")
+        self.worker_kind = worker_kind
         self.cohort: Cohort | None = None
         self.labels: Labels | None = None
         self.split: Split | None = None
@@ -249,13 +263,20 @@ class ClassificationDataModule(L.LightningDataModule):
         self.num_workers = resolve_num_workers(self.num_workers, [p for d in self.parts.values() for p in d.paths])
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(self.parts["train"], self.batch_size, self.num_workers, True, self.seed + self.fold)
+        return _loader(
+            self.parts["train"],
+            self.batch_size,
+            self.num_workers,
+            True,
+            self.seed + self.fold,
+            worker_kind=self.worker_kind,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return _loader(self.parts["val"], self.batch_size, self.num_workers, False, 0)
+        return _loader(self.parts["val"], self.batch_size, self.num_workers, False, 0, worker_kind=self.worker_kind)
 
     def test_dataloader(self) -> DataLoader:
-        return _loader(self.parts["test"], self.batch_size, self.num_workers, False, 0)
+        return _loader(self.parts["test"], self.batch_size, self.num_workers, False, 0, worker_kind=self.worker_kind)
 
 
 def _in_val(slide_id: str, seed: int, fraction: float) -> bool:

@@ -35,6 +35,7 @@ def fold_datamodule(
         splits_dir=task.splits_dir,
         allow_leakage=bool(cfg.get("allow_leakage", False)),
         on_bad_slide=str(cfg.data.get("on_bad_slide", "skip")),
+        worker_kind=str(cfg.data.get("worker_kind", "thread")),
         **layout_options(cfg.data),
         **loader,
     )
