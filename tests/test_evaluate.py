@@ -131,7 +131,7 @@ def test_task_defaults_come_from_its_name(tmp_path: Path) -> None:
 
 
 def test_mil_labels_follow_the_registry_names() -> None:
-    from wsisum.evaluate.runner import mil_name_of
+    from wsisum.evaluate.setup import mil_name_of
 
     assert mil_name_of("wsisum.models.mil.CLAMSB") == "clam_sb" and mil_name_of("wsisum.models.mil.ABMIL") == "abmil"
     assert mil_name_of("my_lab.models.GraphMIL") == "graphmil"

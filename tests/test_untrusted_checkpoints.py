@@ -81,7 +81,7 @@ def test_evaluate_reads_its_fold_checkpoints_through_the_safe_loader(cohort: Pat
     """wsisum-evaluate reads only checkpoints it wrote (the best epoch, via `trainer.test(ckpt_path=)`),
     so the crafted file goes to the Trainers it builds."""
     from wsisum.evaluate.results import RunLabel
-    from wsisum.evaluate.runner import build_trainer, single_device_trainer
+    from wsisum.evaluate.trainers import build_trainer, single_device_trainer
     from wsisum.lit.checkpoint_io import SafeCheckpointIO
 
     marker = tmp_path / "pwned"

@@ -9,7 +9,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from wsisum.lit.trainers import make_trainer
+from wsisum.lit.trainers import finish_loggers, make_trainer
+
+__all__ = ["build_trainer", "finish_loggers"]  # apps import the finisher from here with the builder
 
 
 def _instantiate_all(node: DictConfig | None) -> list:
@@ -22,10 +24,3 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -
     callbacks = [*_instantiate_all(cfg.get("callbacks")), *extra_callbacks]
     loggers = _instantiate_all(cfg.get("logger"))
     return make_trainer(cfg.trainer, callbacks, loggers)
-
-
-def finish_loggers(trainer: L.Trainer) -> None:
-    """Close W&B runs so offline run dirs hold their final summary (wandb.finish)."""
-    for lg in trainer.loggers:
-        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
-            lg.experiment.finish()

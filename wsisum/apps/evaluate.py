@@ -34,7 +34,8 @@ from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import aggregate, collect, markdown_table
 from wsisum.evaluate.hydra_callbacks import FAILED_FILE
 from wsisum.evaluate.protocol import check_engine, run_replicas
-from wsisum.evaluate.runner import EvaluationResult, is_multirun, run_evaluation
+from wsisum.evaluate.runner import EvaluationResult, run_evaluation
+from wsisum.evaluate.setup import is_multirun
 
 log = logging.getLogger(__name__)
 SHOWN = ("test_auroc", "test_balanced_accuracy", "test_f1_macro", "epoch_time_s", "peak_rss_mb", "patches_per_bag")

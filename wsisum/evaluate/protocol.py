@@ -30,16 +30,11 @@ from wsisum.data.splits import PARTS
 from wsisum.errors import InputError
 from wsisum.evaluate.folds import fold_datamodule
 from wsisum.evaluate.replicas import BagStore, ReplicaResult, ReplicaSettings, ReplicaSpec, fit_replicas
-from wsisum.evaluate.results import METRICS_FILE, RunLabel, rows_for_fold, write_metrics
-from wsisum.evaluate.runner import (
-    EvaluationResult,
-    balanced_class_weights,
-    mil_name_of,
-    prepare_run,
-    run_label,
-    write_predictions,
-)
+from wsisum.evaluate.results import METRICS_FILE, RunLabel, rows_for_fold, write_metrics, write_predictions
+from wsisum.evaluate.runner import EvaluationResult
+from wsisum.evaluate.setup import mil_name_of, prepare_run, run_label
 from wsisum.evaluate.tasks import TaskSpec
+from wsisum.lit.classifier import balanced_class_weights
 
 log = logging.getLogger(__name__)
 CURVES_FILE = "curves.csv"

@@ -1,4 +1,5 @@
-"""The tidy `metrics.csv` that every evaluation run writes and every aggregation reads.
+"""The tidy `metrics.csv` that every evaluation run writes and every aggregation reads, and the
+per-slide test predictions (`predictions/*.csv`) next to it.
 
 One row per (task, sampler, budget, mil, fold, seed, metric) with its value; `budget` is empty for
 full bags, and a (fold, seed) pair is one replicate (files written before seeds read as seed 0). Metric names: `test_<m>` / `val_<m>` for m in auroc, balanced_accuracy, f1_macro, accuracy,
@@ -9,7 +10,7 @@ of a training epoch), `fit_time_s`, `peak_rss_mb`, `peak_rss_increase_mb`, `peak
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,19 @@ def write_metrics(path: str | Path, rows: Iterable[Mapping]) -> Path:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     return path
+
+
+def write_predictions(path: Path, preds: list[dict], classes: Sequence[str]) -> None:
+    """Write (atomically) one row per test slide: target, predicted class and each class's probability."""
+    rows = []
+    for p in preds:
+        row = {"slide_id": p["slide_id"], "target": classes[p["target"]]}
+        probs = p["probs"]
+        row["prediction"] = classes[max(range(len(probs)), key=probs.__getitem__)]
+        row.update({f"prob_{c}": v for c, v in zip(classes, probs)})
+        rows.append(row)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:

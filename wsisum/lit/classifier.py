@@ -1,4 +1,4 @@
-"""Slide classification with a MIL head: cross-entropy, macro AUROC / balanced accuracy / macro F1, cost.
+"""Slide classification with a MIL head: cross-entropy, macro AUROC / balanced accuracy / macro F1.
 
 Metrics are computed once per epoch over every slide of the partition (never averaged over batches):
 `SlideMetrics` gathers the softmax probabilities and targets (a torchmetrics `Metric`, so DDP ranks
@@ -11,16 +11,13 @@ scikit-learn's conventions, so a fold whose test set lacks a class is scored lik
 - `f1_macro`: mean per-class F1 over the classes present in the targets or the predictions.
 - `accuracy`: plain accuracy.
 
-The cost of training is recorded alongside (`cost` attribute and `cost/*` logs): wall time of each
-training epoch (data loading included, validation excluded), peak memory (GPU: max allocated; CPU:
-the process's peak resident set size, reset at fit start where Linux allows), patches per bag.
+The cost of training (epoch times, memory peaks, patches per bag) is measured by
+`wsisum.lit.cost.CostCallback`, which the evaluation adds to every Trainer that fits a classifier.
 """
 
 from __future__ import annotations
 
 import importlib
-import resource
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,30 +85,11 @@ def slide_metrics(probs: Tensor, target: Tensor, n_classes: int) -> dict[str, Te
     }
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where not supported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_mb() -> float:
-    hwm = _rss_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB (macOS: bytes, rare here)
+def balanced_class_weights(targets: Sequence[int], n_classes: int) -> list[float]:
+    """n / (C * n_c) per class (sklearn's 'balanced'); absent classes get weight 0."""
+    counts = torch.bincount(torch.tensor(list(targets)), minlength=n_classes).float()
+    w = torch.where(counts > 0, len(targets) / (n_classes * counts.clamp_min(1)), torch.zeros_like(counts))
+    return w.tolist()
 
 
 class MILClassifier(L.LightningModule):
@@ -147,8 +125,6 @@ class MILClassifier(L.LightningModule):
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
         self.metrics = torch.nn.ModuleDict({p: SlideMetrics(n) for p in ("val", "test")})
         self.test_predictions: list[dict[str, Any]] = []
-        self.cost: dict[str, Any] = {"epoch_times_s": [], "patches_per_bag": []}
-        self._epoch_start = self._last_batch_end = None
 
     # --- model ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any], with_target: bool = False) -> MILOutput:
@@ -171,8 +147,6 @@ class MILClassifier(L.LightningModule):
         loss = self._loss(out, batch["target"])
         bs = len(batch["target"])
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=bs, prog_bar=True)
-        if self.current_epoch == 0:
-            self.cost["patches_per_bag"].extend(batch["mask"].sum(1).tolist())
         return loss
 
     def _eval_step(self, batch: dict[str, Any], part: str) -> Tensor:
@@ -208,37 +182,6 @@ class MILClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
-
-    # --- cost ---------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        self.cost = {"epoch_times_s": [], "patches_per_bag": []}
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self._rss_reset = _reset_peak_rss()
-        self._rss_at_start = _rss_mb("VmRSS")
-
-    def on_train_epoch_start(self) -> None:
-        self._epoch_start = self._last_batch_end = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.device.type == "cuda" and batch_idx + 1 >= self.trainer.num_training_batches:
-            torch.cuda.synchronize(self.device)  # the epoch ends when its last kernels do
-        self._last_batch_end = time.perf_counter()
-
-    def on_train_epoch_end(self) -> None:
-        if self._epoch_start is None:
-            return
-        seconds = self._last_batch_end - self._epoch_start  # validation runs before this hook: excluded
-        self.cost["epoch_times_s"].append(seconds)
-        self.log("cost/epoch_time_s", seconds, on_step=False, on_epoch=True)
-
-    def on_fit_end(self) -> None:
-        peak = _peak_rss_mb()
-        self.cost["peak_rss_mb"] = peak
-        if self._rss_reset and self._rss_at_start is not None:
-            self.cost["peak_rss_increase_mb"] = peak - self._rss_at_start
-        if self.device.type == "cuda":
-            self.cost["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
 
     # --- checkpoints --------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

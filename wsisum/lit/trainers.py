@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,3 +27,14 @@ def make_trainer(trainer_cfg: DictConfig, callbacks: Sequence[L.Callback], logge
     return instantiate(
         trainer_cfg, callbacks=list(callbacks), logger=list(loggers) or False, plugins=[SafeCheckpointIO()], **extra
     )
+
+
+def finish_loggers(trainer: L.Trainer) -> None:
+    """Close the W&B runs of a fit so offline run dirs hold their final summary and the next fit
+    (the next fold) starts a run of its own: the trainer's W&B loggers, then any run still open."""
+    for lg in trainer.loggers:
+        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+            lg.experiment.finish()
+    wandb = sys.modules.get("wandb")  # never imported here: without a W&B logger there is nothing to close
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
