@@ -30,7 +30,8 @@ from omegaconf import OmegaConf
 
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.sampling.facility import cosine_matrix
-from wsisum.summarize.search import CandidateScorer, load_summarizer, quota_size, random_candidates
+from wsisum.summarize.scorer import CandidateScorer, load_summarizer, random_candidates
+from wsisum.summarize.search import quota_size
 from wsisum.summarize.selection import SummaryObjective, guided_search, random_completions
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from wsisum.data.bags import read_bag
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.models.mil import ABMIL
 from wsisum.sampling.samplers import KMeansSampler
-from wsisum.summarize import search
+from wsisum.summarize import scorer
 
 TEACHERS = {"TITAN": 12, "PRISM": 20}
 TINY_MODEL = {"embed_dim": 32, "depth": 2, "heads": 2, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2}
@@ -211,8 +211,8 @@ def test_wsisum_equals_the_cli_with_slide_rarity(cohort: Path, tmp_path: Path) -
 
 def test_summarizer_loads_once_and_scores_with_teachers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
-    restore = search.restore_module
-    monkeypatch.setattr(search, "restore_module", lambda *a, **k: loads.append(a) or restore(*a, **k))
+    restore = scorer.restore_module
+    monkeypatch.setattr(scorer, "restore_module", lambda *a, **k: loads.append(a) or restore(*a, **k))
     summarizer = wsisum.Summarizer.from_checkpoint(summarizer_checkpoint(tmp_path / "last.ckpt", 16))
     assert summarizer.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert sorted(summarizer.teacher_names) == sorted(TEACHERS)

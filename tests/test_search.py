@@ -17,7 +17,8 @@ from wsisum.data.cohort import Cohort
 from wsisum.errors import InputError
 from wsisum.sampling.pool import grid_positions
 from wsisum.summarize.run import summarize_cohort
-from wsisum.summarize.search import CandidateScorer, WSISumSampler, load_summarizer, search
+from wsisum.summarize.scorer import CandidateScorer, load_summarizer, search
+from wsisum.summarize.search import WSISumSampler
 
 TEACHERS = {"TITAN": 12, "CHIEF": 12, "PRISM": 20}
 

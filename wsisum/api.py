@@ -132,7 +132,7 @@ class Summarizer:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", *, seed: int = 0, **options: Any) -> Summarizer:
         """Load a `wsisum-train` checkpoint (`device="auto"`: cuda when available, else cpu);
         `options` are `configs/sampler/wsisum.yaml` keys (default here: `teacher_weight=1`)."""
-        from wsisum.summarize.search import load_summarizer, resolve_device
+        from wsisum.summarize.scorer import load_summarizer, resolve_device
 
         clash = sorted(set(options) & set(SET_BY_SUMMARIZER))
         if clash:

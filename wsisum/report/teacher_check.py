@@ -68,7 +68,7 @@ class TeacherCheck:
         full_max_patches: int = FULL_MAX_PATCHES,
         layout: dict | None = None,
     ):
-        from wsisum.summarize.search import load_summarizer, resolve_device  # lazy: Lightning is slow to import
+        from wsisum.summarize.scorer import load_summarizer, resolve_device  # lazy: Lightning is slow to import
 
         self.ckpt_path, self.cohort_root = Path(ckpt_path), cohort_root
         self.cohort = Cohort(cohort_root, **(layout or {}))  # where the teachers sit, in any layout
@@ -106,7 +106,7 @@ class TeacherCheck:
         import torch
 
         from wsisum.sampling.pool import grid_positions
-        from wsisum.summarize.search import CandidateScorer
+        from wsisum.summarize.scorer import CandidateScorer
 
         if features.shape[1] != self.feature_dim:
             raise InputError(

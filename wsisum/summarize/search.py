@@ -11,176 +11,28 @@ so new slides need no slide foundation models; `faithful=True` reproduces the or
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from wsisum.checkpoints import hyper_parameters, restore_module
 from wsisum.errors import InputError
 from wsisum.sampling.base import Sampler, Selection
 from wsisum.sampling.cohort_rarity import Codebook, cohort_codebook
 from wsisum.sampling.facility import cosine_matrix
 from wsisum.sampling.pool import PoolTransform, grid_positions
 from wsisum.seeding import rng_for
-from wsisum.summarize.selection import (
-    SummaryObjective,
-    guided_search,
-    pool_weights,
-    swap_proposals,
+from wsisum.summarize.scorer import (
+    CandidateScorer,
+    check_dims,
+    checkpoint_teachers,
+    load_summarizer,
+    resolve_device,
+    search,
 )
-
-if TYPE_CHECKING:  # Lightning only where a model scores: the default sampler's workers start 3 s faster
-    from wsisum.lit.pretrain import SummarizerPretraining
-
-log = logging.getLogger(__name__)
-_MODELS: dict[tuple[str, str], SummarizerPretraining] = {}  # one loaded model per process and device
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_summarizer(ckpt_path: str | Path, device: torch.device) -> SummarizerPretraining:
-    from wsisum.lit.pretrain import SummarizerPretraining
-
-    key = (str(ckpt_path), str(device))
-    if key not in _MODELS:
-        module = restore_module(SummarizerPretraining, ckpt_path, map_location=device)
-        _MODELS[key] = module.eval().requires_grad_(False)
-    return _MODELS[key]
-
-
-def checkpoint_teachers(ckpt_path: str | Path) -> list[str]:
-    """Teacher names a checkpoint was distilled from (read without building the model)."""
-    path = Path(ckpt_path)
-    hp = hyper_parameters(path)
-    if not isinstance(hp.get("teacher_dims"), dict):
-        raise InputError(path, "not a wsisum-train checkpoint (no teacher_dims in its hyper-parameters)")
-    return list(hp["teacher_dims"])
-
-
-class CandidateScorer:
-    """Scores candidate subsets of one slide's pool: cos(student slide outputs, target), batched."""
-
-    def __init__(self, module: SummarizerPretraining, feats: torch.Tensor, pos: torch.Tensor, device: torch.device):
-        self.module, self.device = module, device
-        self.feats, self.pos = feats.to(device), pos.to(device)
-        self.autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        self.targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.n_scored = 0
-
-    def _outputs(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, p = self.feats[idx], self.pos[idx]
-        ones = torch.ones(idx.shape, dtype=torch.bool, device=self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.module.model(x, ones, p, ones, reconstruct=False)
-        return {k: v.float() for k, v in out["distill"].items()}
-
-    @torch.inference_mode()
-    def set_teacher_target(self, teachers: dict[str, np.ndarray | None]) -> None:
-        names = self.module.teacher_names
-        dims = self.module.hparams.teacher_dims
-        emb, present = {}, {}
-        for t in names:
-            e = teachers.get(t)
-            present[t] = torch.tensor([e is not None], device=self.device)
-            emb[t] = torch.as_tensor(
-                e if e is not None else np.zeros(dims[t]), dtype=torch.float32, device=self.device
-            )[None]
-        self.targets = self.module.targets(emb, present)
-
-    @torch.inference_mode()
-    def set_self_target(self) -> None:
-        """Teacher-free: the model's own slide outputs on the whole pool are the target."""
-        full = torch.arange(self.feats.shape[0], device=self.device)[None]
-        out = self._outputs(full)
-        self.targets = {k: (v, torch.ones(1, dtype=torch.bool, device=self.device)) for k, v in out.items()}
-
-    @torch.inference_mode()
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, K) pool positions -> (B,) scores."""
-        out = self._outputs(idx.to(self.device))
-        b = idx.shape[0]
-        targets = {k: (t.expand(b, -1), p.expand(b)) for k, (t, p) in self.targets.items()}
-        self.n_scored += b
-        return self.module.teacher_cosine(out, targets).float().cpu()
-
-
-def random_candidates(rng: np.random.Generator, n: int, pool: int, k: int) -> np.ndarray:
-    """n random k-subsets of range(pool); the stream does not depend on how calls are batched."""
-    return np.argsort(rng.random((n, pool)), axis=1, kind="stable")[:, :k]
-
-
-def search(
-    scorer: CandidateScorer,
-    pool: int,
-    k: int,
-    rng: np.random.Generator,
-    n_candidates: int = 1024,
-    batch_size: int = 256,
-    patience: int | None = 3,
-    min_delta: float = 1e-4,
-    refine_rounds: int = 8,
-    refine_batch: int = 128,
-) -> dict[str, Any]:
-    """Random search in batches with early stopping, then swap-move refinement of the best subset."""
-    best_idx, best, first = None, -np.inf, None
-    stale, seen = 0, 0
-    while seen < n_candidates:
-        cand = random_candidates(rng, min(batch_size, n_candidates - seen), pool, k)
-        scores = scorer(torch.from_numpy(cand)).numpy()
-        if first is None:
-            first = float(scores[0])
-        seen += len(cand)
-        j = int(np.argmax(scores))
-        if scores[j] > best + min_delta:
-            stale = 0
-        else:
-            stale += 1
-        if scores[j] > best:
-            best, best_idx = float(scores[j]), cand[j].copy()
-        if patience is not None and stale >= patience:
-            break
-    random_best = best
-    members = best_idx
-    for _ in range(refine_rounds if k < pool else 0):
-        props = swap_proposals(rng, members, 0, pool, refine_batch, max(1, k // 8))
-        scores = scorer(torch.from_numpy(props)).numpy()
-        j = int(np.argmax(scores))
-        if scores[j] <= best:
-            continue
-        best, members = float(scores[j]), props[j].copy()
-    return {
-        "indices": np.sort(members),
-        "score": best,
-        "first_score": first,
-        "random_best_score": random_best,
-        "n_random": seen,
-        "n_scored": scorer.n_scored,
-    }
-
-
-def check_dims(
-    module: Any, features: np.ndarray, teachers: dict[str, Any], teacher_paths: dict[str, Any], ckpt_path: str
-) -> None:
-    """A slide from another encoder, or a teacher file of another model, cannot be scored by this
-    checkpoint: say which file and which dims, instead of a shape error deep inside the model."""
-    want = int(module.hparams.feature_dim)
-    if features.shape[1] != want:
-        raise InputError(None, f"feature dim {features.shape[1]} differs from the checkpoint's {want} ({ckpt_path})")
-    for t, emb in teachers.items():
-        dim = module.hparams.teacher_dims.get(t)
-        if emb is not None and dim is not None and emb.shape[0] != dim:
-            raise InputError(
-                teacher_paths.get(t), f"teacher {t} embedding has dim {emb.shape[0]}, the checkpoint's has {dim}"
-            )
-
+from wsisum.summarize.selection import SummaryObjective, guided_search, pool_weights
 
 SELECTIONS = ("guided", "random")
 COVERAGE_WEIGHTINGS = ("slide", "pool")  # slide: each pool patch weighted by its share of the slide
@@ -198,9 +50,41 @@ def quota_size(budget: int, share: float, composition_patches: int, quota_max: i
     return n if quota_max is None else min(n, int(quota_max))
 
 
+def check_options(
+    ckpt_path: str | None, needs_model: bool, target: str, selection: str, coverage_weighting: str, rarity: str
+) -> None:
+    """One line naming the option for a choice the sampler does not know, before any slide is read."""
+    if ckpt_path is None and needs_model:
+        raise InputError(
+            None, "sampler=wsisum needs ckpt_path=<a wsisum-train checkpoint> (e.g. .../checkpoints/last.ckpt)"
+        )
+    if target not in ("teacher", "self"):
+        raise InputError(None, f"sampler.target must be 'teacher' or 'self', got {target!r}")
+    if selection not in SELECTIONS:
+        raise InputError(None, f"sampler.selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    if coverage_weighting not in COVERAGE_WEIGHTINGS:
+        raise InputError(
+            None,
+            f"sampler.coverage_weighting must be one of {', '.join(COVERAGE_WEIGHTINGS)}, got {coverage_weighting!r}",
+        )
+    if rarity not in RARITIES:
+        raise InputError(None, f"sampler.rarity must be one of {', '.join(RARITIES)}, got {rarity!r}")
+
+
+def check_numbers(composition_patches: int, quota_max: int | None, rare_quota: float, summary_quota: float) -> None:
+    """One line naming the option for a count or share out of range."""
+    if int(composition_patches) < 0:
+        raise InputError(None, f"sampler.composition_patches must be >= 0, got {composition_patches}")
+    if quota_max is not None and int(quota_max) < 0:
+        raise InputError(None, f"sampler.quota_max must be >= 0 or null, got {quota_max}")
+    for key, value in (("rare_quota", rare_quota), ("summary_quota", summary_quota)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise InputError(None, f"sampler.{key} must be in [0, 1], got {value}")
+
+
 class WSISumSampler(Sampler):
     """The learned summarizer as a sampler: a rare-aware k-means pool from the full bag, then the
-    selection of `wsisum.summarize.selection` (default) or the random search above."""
+    selection of `wsisum.summarize.selection` (default) or the random search of `wsisum.summarize.scorer`."""
 
     name = "wsisum"
 
@@ -238,28 +122,8 @@ class WSISumSampler(Sampler):
         super().__init__(seed)
         # the model scores candidates only for the slide-level term, random search or the original's mask
         self.needs_model = bool(faithful) or selection != "guided" or float(teacher_weight) != 0.0
-        if ckpt_path is None and self.needs_model:
-            raise InputError(
-                None, "sampler=wsisum needs ckpt_path=<a wsisum-train checkpoint> (e.g. .../checkpoints/last.ckpt)"
-            )
-        if target not in ("teacher", "self"):
-            raise InputError(None, f"sampler.target must be 'teacher' or 'self', got {target!r}")
-        if selection not in SELECTIONS:
-            raise InputError(None, f"sampler.selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-        if coverage_weighting not in COVERAGE_WEIGHTINGS:
-            raise InputError(
-                None,
-                f"sampler.coverage_weighting must be one of {', '.join(COVERAGE_WEIGHTINGS)}, got {coverage_weighting!r}",
-            )
-        if rarity not in RARITIES:
-            raise InputError(None, f"sampler.rarity must be one of {', '.join(RARITIES)}, got {rarity!r}")
-        if int(composition_patches) < 0:
-            raise InputError(None, f"sampler.composition_patches must be >= 0, got {composition_patches}")
-        if quota_max is not None and int(quota_max) < 0:
-            raise InputError(None, f"sampler.quota_max must be >= 0 or null, got {quota_max}")
-        for key, value in (("rare_quota", rare_quota), ("summary_quota", summary_quota)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise InputError(None, f"sampler.{key} must be in [0, 1], got {value}")
+        check_options(ckpt_path, self.needs_model, target, selection, coverage_weighting, rarity)
+        check_numbers(composition_patches, quota_max, rare_quota, summary_quota)
         self.ckpt_path = None if ckpt_path is None else str(ckpt_path)
         self.teacher_names = checkpoint_teachers(ckpt_path) if ckpt_path is not None else []  # a bad path fails now
         self.pool_size, self.n_clusters, self.target = int(pool_size), int(n_clusters), target
