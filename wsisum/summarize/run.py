@@ -22,8 +22,9 @@ from wsisum.data.cohort import Cohort
 from wsisum.data.output_faults import check_writable, disk_is_full, quiet_h5py_dealloc
 from wsisum.errors import DiskFullError, InputError
 from wsisum.progress import item_bar, print_line
+from wsisum.run_layout import CLUSTERS_DIR
 from wsisum.sampling.base import Sampler
-from wsisum.sampling.cluster_cache import CLUSTERS_DIR, STATS, ClusterStore, format_stats, stats_since, stats_snapshot
+from wsisum.sampling.cluster_cache import STATS, ClusterStore, format_stats, stats_since, stats_snapshot
 from wsisum.summarize.jobs import DISK_FULL, RunReport, SlideJob, plan_jobs, slide_outcome, summarize_slide
 
 log = logging.getLogger(__name__)
@@ -74,28 +75,67 @@ def summarize_cohort(
     clustering (`cache_dir/clusters`, shared with training and the other samplers) for the next run.
     """
     t0 = time.perf_counter()
+    out_dir = prepare_output(cohort, sampler, out_dir, cache_dir)
+    before = stats_snapshot()
+    sampler.prepare(cohort, cache_dir)  # before the workers get their copy of the sampler
+    if trainer is not None:
+        report = summarize_on_trainer(cohort, sampler, budget, out_dir, trainer, overwrite, stop_on_error)
+    else:
+        report = summarize_in_pool(cohort, sampler, budget, out_dir, workers, overwrite, progress, stop_on_error)
+    report.seconds = time.perf_counter() - t0
+    report.clusters = stats_since(before)  # with a trainer: this rank's
+    if report.clusters and trainer is None:
+        log.info("clustering cache: %s", format_stats(report.clusters))
+    return report
+
+
+def prepare_output(cohort: Cohort, sampler: Sampler, out_dir: str | Path, cache_dir: str | Path | None) -> Path:
+    """Check both directories can be written, clean temps of an interrupted run (one process only,
+    never while others write), and point the sampler at the study's clustering cache."""
     out_dir = check_writable(out_dir, "summary directory")
     if cache_dir is not None:
         check_writable(cache_dir, "cache directory")
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-        removed = remove_stale_temps(out_dir)  # only one process may clean, never while others write
+        removed = remove_stale_temps(out_dir)
         if removed:
             log.info("removed %d partial file(s) left by an interrupted run", removed)
     if cache_dir is not None:
         sampler.use_clusters(ClusterStore(Path(cache_dir) / CLUSTERS_DIR))
-    before = stats_snapshot()
-    sampler.prepare(cohort, cache_dir)  # before the workers get their copy of the sampler
-    if trainer is not None:
-        # Lightning only with a trainer: the pool's spawned workers import this module and start faster
-        from wsisum.summarize.predict import summarize_with_trainer
+    return out_dir
 
-        pre = RunReport()
-        jobs = plan_jobs(cohort, out_dir, sampler, budget, overwrite, pre, include_done=True)
-        report = summarize_with_trainer(jobs, sampler, budget, out_dir, trainer, overwrite, stop_on_error)
-        report.failed |= pre.failed
-        report.seconds = time.perf_counter() - t0
-        report.clusters = stats_since(before)  # this rank's
-        return report
+
+def summarize_on_trainer(
+    cohort: Cohort,
+    sampler: Sampler,
+    budget: int | str,
+    out_dir: Path,
+    trainer: Any,
+    overwrite: bool,
+    stop_on_error: bool,
+) -> RunReport:
+    """Every slide through `trainer.predict` (GPUs, nodes, DDP)."""
+    # Lightning only with a trainer: the pool's spawned workers import this module and start faster
+    from wsisum.summarize.predict import summarize_with_trainer
+
+    pre = RunReport()
+    jobs = plan_jobs(cohort, out_dir, sampler, budget, overwrite, pre, include_done=True)
+    report = summarize_with_trainer(jobs, sampler, budget, out_dir, trainer, overwrite, stop_on_error)
+    report.failed |= pre.failed
+    return report
+
+
+def summarize_in_pool(
+    cohort: Cohort,
+    sampler: Sampler,
+    budget: int | str,
+    out_dir: Path,
+    workers: int,
+    overwrite: bool,
+    progress: bool,
+    stop_on_error: bool,
+) -> RunReport:
+    """Every slide in this process (`workers` 0) or in a pool of worker processes, with a progress
+    bar; a full disk stops the run at once with no temp file left behind."""
     report = RunReport()
     jobs = plan_jobs(cohort, out_dir, sampler, budget, overwrite, report)
     if report.skipped:
@@ -119,10 +159,6 @@ def summarize_cohort(
         remove_stale_temps(out_dir)
         total = len(jobs) + len(report.skipped)
         raise DiskFullError(disk_full, f"{len(report.done) + len(report.skipped)} of {total} slides done")
-    report.seconds = time.perf_counter() - t0
-    report.clusters = stats_since(before)
-    if report.clusters:
-        log.info("clustering cache: %s", format_stats(report.clusters))
     return report
 
 
