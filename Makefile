@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format bench clean install-gpu
+.PHONY: demo test test-slow test-gpu lint format bench clean install-gpu
 
 # torch first, pinned: the CPU wheel of this release is what these machines carry; an unpinned torch
 # would pull a multi-GB CUDA build. On a GPU machine: `make install-gpu` adds CUDA faiss.
@@ -28,6 +28,11 @@ test: lint
 # the long tests (100k-patch slides, Optuna, DDP evaluation, TransMIL at 100k): CI runs them after `test`
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
+
+# the CUDA checks (tests/gpu, marked gpu: skipped without CUDA) and their table of figures; on a GPU
+# machine after `make install-gpu`. `scripts/check_gpu.py --out FILE` runs the same and writes the table.
+test-gpu: $(STAMP)
+	$(BIN)/pytest -m gpu
 
 format: $(STAMP)
 	$(BIN)/ruff format .

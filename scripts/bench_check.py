@@ -20,6 +20,7 @@ import numpy as np
 from wsisum.data.bags import write_bag
 from wsisum.data.check import check_cohort
 from wsisum.data.embeddings import write_embedding
+from wsisum.data.layouts import BAG_DIR, EMBEDDINGS_DIR
 from wsisum.data.splits import write_split
 
 TEACHER_DIMS = (768, 512, 1280, 1536)
@@ -33,10 +34,10 @@ def write_cohort(root: Path, n_slides: int, n_teachers: int, n_datasets: int) ->
     for i in range(n_slides):
         ds = f"ds{i % n_datasets}"
         sid = f"{ds}-{i:06d}"
-        write_bag(root / "h5_files" / ds / f"{sid}.h5", feats, coords)
+        write_bag(root / BAG_DIR / ds / f"{sid}.h5", feats, coords)
         for t in range(n_teachers):
             dim = TEACHER_DIMS[t % len(TEACHER_DIMS)]
-            write_embedding(root / "slide_embeddings" / ds / f"T{t}" / f"{sid}.h5", np.zeros(dim, np.float32))
+            write_embedding(root / EMBEDDINGS_DIR / ds / f"T{t}" / f"{sid}.h5", np.zeros(dim, np.float32))
         ids.append(sid)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     rows = [f"{sid},c{i % 2}" for i, sid in enumerate(ids)]
@@ -58,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp) / "cohort"
-        if (root / "h5_files").is_dir():
+        if (root / BAG_DIR).is_dir():
             print(f"reusing the cohort in {root}")
         else:
             t0 = time.perf_counter()

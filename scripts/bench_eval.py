@@ -23,6 +23,7 @@ from pathlib import Path
 from wsisum.apps._app import compose_app_config
 from wsisum.evaluate.protocol import run_replicas
 from wsisum.evaluate.runner import run_evaluation
+from wsisum.markdown import pipe_table
 
 
 def _timed(fn, cfg) -> tuple[float, float, float]:
@@ -89,20 +90,23 @@ def main() -> int:
                 "evaluate", [*common, *replicas, f"seeds=[{','.join(map(str, seeds))}]"], Path(tmp) / f"r{len(seeds)}"
             )
             rows.append((f"replicas ({len(seeds)} seed(s))", n_folds * len(seeds), *_timed(run_replicas, cfg)))
-    base_wall, base_cpu = rows[0][2] / rows[0][1], rows[0][3] / rows[0][1]
     head = f"{args.task}, {args.bags} bags, {e} epochs, batch {args.batch_size}, ABMIL {args.hidden}/{args.att}"
     print(f"\n{head}, {args.threads} thread(s)\n")
-    print(
-        "| engine | fold-replicas | wall s | CPU s | wall s / replica | CPU s / replica | speed-up (wall, CPU) | AUROC |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print(speed_table(rows), end="")
+    return 0
+
+
+def speed_table(rows: list[tuple]) -> str:
+    """One row per engine run (name, fold-replicas, wall s, CPU s, AUROC), speed-ups against the first."""
+    base_wall, base_cpu = rows[0][2] / rows[0][1], rows[0][3] / rows[0][1]
+    columns = ["engine", "fold-replicas", "wall s", "CPU s", "wall s / replica", "CPU s / replica"]
+    columns += ["speed-up (wall, CPU)", "AUROC"]
+    cells = []
     for name, n, wall, cpu, auroc in rows:
         w, c = wall / n, cpu / n
-        print(
-            f"| {name} | {n} | {wall:.1f} | {cpu:.1f} | {w:.2f} | {c:.2f} | "
-            f"{base_wall / w:.1f}x, {base_cpu / c:.1f}x | {auroc:.3f} |"
-        )
-    return 0
+        speed = f"{base_wall / w:.1f}x, {base_cpu / c:.1f}x"
+        cells.append([name, str(n), f"{wall:.1f}", f"{cpu:.1f}", f"{w:.2f}", f"{c:.2f}", speed, f"{auroc:.3f}"])
+    return pipe_table(columns, cells)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from wsisum.data.datamodules import ClassificationDataModule
+from wsisum.data.ground_truth import MANIFEST_NAME
 from wsisum.data.hdf5 import open_h5
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,10 +84,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     root = Path(args.root)
-    if not (root / "cohort.json").exists():
+    if not (root / MANIFEST_NAME).exists():
         from wsisum.data.synthetic import generate_cohort
+        from wsisum.data.synthetic.preset import load_preset
 
-        preset = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preset" / f"{args.preset}.yaml"))
+        preset = load_preset(args.preset)
         generate_cohort(root, preset, seed=0)
     task = args.task or sorted(p.stem for p in (root / "labels").glob("*.csv"))[0]
     runs = [(0, "process"), (1, "process"), (2, "process"), (1, "thread"), (2, "thread"), ("auto", "thread")]

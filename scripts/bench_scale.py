@@ -39,13 +39,15 @@ import threading
 import time
 from pathlib import Path
 
+from wsisum.data.layouts import BAG_DIR
+from wsisum.memory import maxrss_mb, peak_rss_mb, process_tree_rss_mb, rss_mb
+
 REPO = Path(__file__).resolve().parents[1]
 RESULT_TAG = "BENCH_SCALE_RESULT "
 STAGES = ("kmeans", "summarize", "mil", "evaluate")
 MIL_MODELS = ("abmil", "clam_sb", "meanpool", "transmil")
 # extra --mil choices: a config with overrides (not run by default)
 MIL_VARIANTS = {"transmil_ckpt": ("transmil", {"checkpointing": True})}
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,15 +55,8 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 # ----------------------------------------------------------------------------------------------
 
 
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _emit(**result: object) -> None:
-    result["peak_mb"] = _status_mb("VmHWM")
+    result["peak_mb"] = peak_rss_mb()
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
@@ -72,7 +67,7 @@ def child_kmeans(bag_path: str) -> None:
     from wsisum.sampling.kmeans import kmeans
 
     bag = read_bag(bag_path)
-    base = _status_mb("VmRSS")
+    base = rss_mb("VmRSS")
     t0 = time.perf_counter()
     res = kmeans(bag.features, 50, seed=0, slide_id=Path(bag_path).stem)
     seconds = time.perf_counter() - t0
@@ -100,7 +95,7 @@ def child_mil(bag_path: str, name: str, n_classes: int) -> None:
     model = model(in_dim=d, n_classes=n_classes)
     module = MILClassifier(model).train()
     opt = torch.optim.AdamW(module.parameters(), lr=2e-4)
-    base = _status_mb("VmRSS")
+    base = rss_mb("VmRSS")
     t0 = time.perf_counter()
     out = module(batch, with_target=True)
     loss = module._loss(out, batch["target"])
@@ -117,29 +112,6 @@ def child_mil(bag_path: str, name: str, n_classes: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _tree_rss_mb(root: int) -> float:
-    """Sum of VmRSS over `root` and its descendants (this kernel has no /proc/<pid>/task/*/children)."""
-    parent_of = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:  # the process ended while we looked
-            continue
-        parent_of[int(stat.parent.name)] = int(text.rsplit(")", 1)[1].split()[1])
-    tree, grew = {root}, True
-    while grew:
-        new = {p for p, pp in parent_of.items() if pp in tree and p not in tree}
-        tree |= new
-        grew = bool(new)
-    total = 0
-    for pid in tree:
-        try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
-        except (OSError, IndexError):
-            continue
-    return total / 1024
-
-
 def measure(cmd: list[str], log: Path) -> dict:
     """Run `cmd`; its wall time, exit status, peak RSS of its largest process and sampled tree RSS."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +123,7 @@ def measure(cmd: list[str], log: Path) -> dict:
 
         def watch() -> None:
             while not done.is_set():
-                tree_peak[0] = max(tree_peak[0], _tree_rss_mb(proc.pid))
+                tree_peak[0] = max(tree_peak[0], process_tree_rss_mb(proc.pid))
                 done.wait(0.05)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -170,8 +142,8 @@ def measure(cmd: list[str], log: Path) -> dict:
     return {
         "rc": proc.returncode,
         "wall_s": wall,
-        "peak_mb": usage.ru_maxrss / 1024,
-        "tree_mb": max(tree_peak[0], usage.ru_maxrss / 1024),
+        "peak_mb": maxrss_mb(usage),
+        "tree_mb": max(tree_peak[0], maxrss_mb(usage)),
         "log": str(log),
         **{f"child_{k}": v for k, v in result.items()},
     }
@@ -208,7 +180,7 @@ def find_task(root: Path, dataset: str) -> tuple[str, list[str]] | None:
     reads the same labels file, but says nothing of which dataset folders it expects."""
     from omegaconf import OmegaConf
 
-    datasets = {p.name for p in (root / "h5_files").iterdir() if p.is_dir()}
+    datasets = {p.name for p in (root / BAG_DIR).iterdir() if p.is_dir()}
     for cfg_path in sorted((REPO / "configs" / "task").glob("*.yaml")):
         cfg = OmegaConf.load(cfg_path)
         wanted = set(cfg.get("datasets") or ())
@@ -255,18 +227,17 @@ def main() -> None:
             child_mil(rest[0], rest[1], int(rest[2]))
         return
 
-    from omegaconf import OmegaConf
-
     from wsisum.data.bags import bag_info
     from wsisum.data.cohort import Cohort
     from wsisum.data.synthetic import MANIFEST_NAME, MARKER_NAME, generate_cohort
+    from wsisum.data.synthetic.preset import load_preset
 
     root, out = Path(args.root).resolve(), Path(args.out).resolve()
     t0 = time.perf_counter()
-    foreign = (root / "h5_files").is_dir() and not (root / MARKER_NAME).exists()  # a cohort not from wsisum-synth
+    foreign = (root / BAG_DIR).is_dir() and not (root / MARKER_NAME).exists()  # a cohort not from wsisum-synth
     if not (root / MANIFEST_NAME).exists() and not foreign:
         # absent, or interrupted (cohort.json is written last): generate, or resume, the large preset
-        preset = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preset" / "large.yaml"))
+        preset = load_preset("large")
         generate_cohort(root, preset, seed=0)
     cohort = Cohort(root)
     print(f"cohort {root}: ready in {time.perf_counter() - t0:.1f}s")

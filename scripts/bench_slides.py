@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from wsisum.data.layouts import BAG_DIR
+from wsisum.memory import peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = "BENCH_SLIDES_RESULT "
@@ -50,7 +52,7 @@ def make_cohort(root: Path, n_slides: int) -> None:
     for sid in ids:
         n = int(rng.integers(20, 81))
         coords = np.stack([np.arange(n) % 9, np.arange(n) // 9], 1).astype(np.int64) * 256
-        write_bag(root / "h5_files" / DATASET / f"{sid}.h5", rng.normal(size=(n, DIM)).astype(np.float32), coords)
+        write_bag(root / BAG_DIR / DATASET / f"{sid}.h5", rng.normal(size=(n, DIM)).astype(np.float32), coords)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     rows = [f"{sid},class{i % 2},case-{sid}" for i, sid in enumerate(ids)]
     (root / "labels" / f"{TASK}.csv").write_text("slide_id,label,case_id\n" + "\n".join(rows) + "\n")
@@ -61,10 +63,6 @@ def make_cohort(root: Path, n_slides: int) -> None:
 
 
 # ---- child side: one measurement per process ---------------------------------------------------
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(what: str, root: Path, arg: str) -> dict:
@@ -111,7 +109,7 @@ def child(what: str, root: Path, arg: str) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     assert report.ok, list(report.failed.values())[:3]
     n = len(report.done)
-    return {"slides": n, "seconds": report.seconds, "slides_per_s": n / report.seconds, "peak_mb": _peak_mb()}
+    return {"slides": n, "seconds": report.seconds, "slides_per_s": n / report.seconds, "peak_mb": peak_rss_mb()}
 
 
 def run_child(what: str, root: Path, arg: str = "") -> dict:

@@ -20,7 +20,6 @@ identical. Without --ckpt the weights are a fresh initialisation: speed does not
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 
@@ -28,7 +27,10 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from wsisum.data.ground_truth import MANIFEST_NAME
 from wsisum.lit.pretrain import SummarizerPretraining
+from wsisum.memory import peak_rss_mb
+from wsisum.run_layout import last_checkpoint
 from wsisum.sampling.facility import cosine_matrix
 from wsisum.summarize.scorer import CandidateScorer, load_summarizer, random_candidates
 from wsisum.summarize.search import quota_size
@@ -163,15 +165,16 @@ def bench_large(args) -> None:
     from wsisum.apps.train import train
     from wsisum.data.cohort import Cohort
     from wsisum.data.synthetic import generate_cohort
+    from wsisum.data.synthetic.preset import load_preset
     from wsisum.summarize.run import summarize_cohort
     from wsisum.summarize.search import WSISumSampler
 
     root = Path(args.large_root)
-    if not (root / "cohort.json").exists():
-        preset = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preset" / "large.yaml"))
+    if not (root / MANIFEST_NAME).exists():
+        preset = load_preset("large")
         generate_cohort(root, preset, seed=0)
     out = REPO / "outputs" / "bench" / "large_train"
-    ckpt = out / "checkpoints" / "last.ckpt"
+    ckpt = last_checkpoint(out)
     if not ckpt.exists():
         cfg = compose_app_config(
             "train",
@@ -192,7 +195,7 @@ def bench_large(args) -> None:
         cohort, sampler, 63, REPO / "outputs" / "bench" / "large_summaries", overwrite=True, progress=False
     )
     dt = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(
         f"\nlarge preset: {len(report.done)} slides in {dt:.1f}s = {len(report.done) / dt:.2f} slides/s, "
         f"peak RSS {rss:.0f} MB (one process, model=small, M={args.candidates})"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,15 +19,14 @@ from check_gpu import synthetic_batch  # scripts/ is on sys.path when a script r
 from omegaconf import OmegaConf
 
 from wsisum.lit.pretrain import SummarizerPretraining
+from wsisum.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHERS = {"TITAN": 768, "CHIEF": 768, "PRISM": 1280}
 
 
 def peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_gpu_mb() if device.type == "cuda" else peak_rss_mb()
 
 
 def run(model_cfg: dict, attention: str, args, device: torch.device, bf16: bool) -> tuple[float, float]:
@@ -37,7 +35,7 @@ def run(model_cfg: dict, attention: str, args, device: torch.device, bf16: bool)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-4)
     data = synthetic_batch(args.batch, args.pool, args.dim, TEACHERS, str(device))
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        reset_peak_gpu()
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

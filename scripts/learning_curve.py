@@ -25,7 +25,8 @@ import pandas as pd
 from wsisum.apps._app import compose_app_config
 from wsisum.evaluate.protocol import load_task_bags, replica_specs, torch_threads
 from wsisum.evaluate.replicas import ReplicaSettings, fit_replicas
-from wsisum.evaluate.runner import prepare_run
+from wsisum.evaluate.setup import prepare_run
+from wsisum.markdown import pipe_table
 
 KEYS = {"bs": "batch_size", "lr": "lr", "hidden": "hidden_dim", "att": "att_dim", "wd": "weight_decay"}
 KEYS |= {"dropout": "dropout", "sched": "scheduler"}
@@ -111,17 +112,16 @@ def report(df: pd.DataFrame, args: argparse.Namespace) -> None:
         mean = by_task.groupby(["config", "epoch"])[["val_auroc", "val_loss", "test_auroc"]].mean()
         epochs = sorted({e for e in by_task["epoch"] if e % args.every == args.every - 1 or e == 0})
         configs = list(dict.fromkeys(by_task["config"]))
-        print("| epoch | " + " | ".join(configs) + " |")
-        print("|---|" + "---|" * len(configs))
+        rows = []
         for e in epochs:
-            cells = []
+            cells = [str(e + 1)]
             for c in configs:
                 m = mean.loc[(c, e)]
                 cells.append(f"{m.val_auroc:.3f} / {m.val_loss:.3f} / {m.test_auroc:.3f}")
-            print(f"| {e + 1} | " + " | ".join(cells) + " |")
+            rows.append(cells)
+        print(pipe_table(["epoch", *configs], rows), end="")
         print("\nearly stopping on val loss: test AUROC at the selected epoch, mean epochs trained")
-        print("| config | CPU s per replica-epoch | " + " | ".join(f"patience {p}" for p in args.patience) + " |")
-        print("|---|---|" + "---|" * len(args.patience))
+        rows = []
         for c in configs:
             sub = by_task[by_task["config"] == c]
             cells = []
@@ -130,7 +130,9 @@ def report(df: pd.DataFrame, args: argparse.Namespace) -> None:
                 auroc = sum(x[1] for x in picks) / len(picks)
                 cells.append(f"{auroc:.3f} ({sum(x[2] for x in picks) / len(picks):.0f} ep)")
             per = sub["cpu_s"].iloc[0] / len(sub)  # one curve row per replica-epoch
-            print(f"| {c} | {per:.2f} | " + " | ".join(cells) + " |")
+            rows.append([c, f"{per:.2f}", *cells])
+        columns = ["config", "CPU s per replica-epoch", *(f"patience {p}" for p in args.patience)]
+        print(pipe_table(columns, rows), end="")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from wsisum.errors import print_error
+from wsisum.run_layout import REPORT_DIR, REPORT_HTML
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -100,22 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=2400)
     args = ap.parse_args(argv)
-    html = args.run_dir / "report" / "report.html"
+    html = args.run_dir / REPORT_DIR / REPORT_HTML
     if not html.is_file():
-        print(f"error: {html}: no report (run wsisum-report {args.run_dir} first)", file=sys.stderr)
+        print_error(f"{html}: no report (run wsisum-report {args.run_dir} first)")
         return 1
-    out = args.out or args.run_dir / "report" / "screenshot.png"
+    out = args.out or args.run_dir / REPORT_DIR / "screenshot.png"
     try:
         path = screenshot(html, out, args.width, args.height)
         check = render_check(html)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        print_error(" ".join(str(err).split()))
         return 1
     print(f"wrote {path}; {check['images']} image(s), {check['tables']} table(s) rendered")
     if check["broken"] or check["empty_tables"]:
-        print(
-            f"error: {html}: broken images {check['broken']}, {check['empty_tables']} empty table(s)", file=sys.stderr
-        )
+        print_error(f"{html}: broken images {check['broken']}, {check['empty_tables']} empty table(s)")
         return 1
     return 0
 

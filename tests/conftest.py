@@ -78,12 +78,12 @@ def small_cohort(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic `tiny` preset, generated once per test session (read-only for tests)."""
-    from omegaconf import OmegaConf
 
     from wsisum.data.synthetic import generate_cohort
+    from wsisum.data.synthetic.preset import load_preset
 
     root = tmp_path_factory.mktemp("tiny") / "cohort"
-    preset = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preset" / "tiny.yaml"), resolve=True)
+    preset = load_preset("tiny")  # composed with its shared part (configs/preset/base/)
     generate_cohort(root, preset, seed=0, progress=False)
     return root
 

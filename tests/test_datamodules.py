@@ -274,3 +274,6 @@ def test_an_unknown_worker_kind_is_one_line(small_cohort) -> None:
     root, _ = small_cohort
     with pytest.raises(ValueError, match="worker_kind must be one of thread, process"):
         ClassificationDataModule(root, "task", worker_kind="fiber")
+    with pytest.raises(ValueError, match="worker_kind must be one of thread, process"):
+        PretrainDataModule(root, worker_kind="fiber")
+    assert PretrainDataModule(root, worker_kind="thread").transform is None  # one data config serves both

@@ -439,3 +439,30 @@ def test_a_fold_without_val_slides_selects_on_train_loss(tiny_copy: Path, tmp_pa
     values = {r["metric"]: r["value"] for r in result.rows}
     assert values["n_val"] == 0 and values["n_train"] == len(train) and 0.0 <= values["test_auroc"] <= 1.0
     assert list((tmp_path / "run" / "checkpoints" / "fold_0").glob("best-*.ckpt"))
+
+
+def test_config_instantiates_the_fold_datamodule_and_the_classifier(tiny_cohort: Path, tmp_path: Path) -> None:
+    """`data` and `classifier` come from their `_target_`s: the fold's datamodule gets the data group's
+    loader options and the run's bags; the classifier gets the mil model, the fold's class weights and
+    a partial AdamW with the `classifier.*` values, which is no hyper-parameter of its checkpoints."""
+    from wsisum.data.datamodules import ClassificationDataModule
+    from wsisum.evaluate.fit import build_classifier
+    from wsisum.evaluate.folds import fold_datamodule
+    from wsisum.evaluate.setup import prepare_run
+    from wsisum.lit.classifier import MILClassifier, balanced_class_weights
+    from wsisum.models.mil import ABMIL
+
+    overrides = [f"data.root={tiny_cohort}", "task=syn_brca", "data.batch_size=3", "seed=4", "folds=[1]"]
+    cfg = compose_config("evaluate", [*overrides, "classifier.lr=1e-3", "classifier.class_weights=balanced"], tmp_path)
+    task, folds = prepare_run(cfg)
+    dm = fold_datamodule(cfg, task, folds[0], tmp_path)
+    assert isinstance(dm, ClassificationDataModule) and (dm.fold, dm.batch_size, dm.seed, dm.bags) == (1, 3, 4, "full")
+    classes = list(dm.labels.classes)
+    lit = build_classifier(cfg, dm, classes)
+    assert isinstance(lit, MILClassifier) and isinstance(lit.model, ABMIL) and lit.class_names == classes
+    expected = balanced_class_weights(dm.parts["train"].targets, len(classes))
+    assert lit.class_weights.tolist() == pytest.approx(expected) and "optimizer" not in lit.hparams
+    opt = lit.make_optimizer(lit.parameters())
+    assert isinstance(opt, torch.optim.AdamW) and (opt.defaults["lr"], opt.defaults["weight_decay"]) == (1e-3, 1e-4)
+    weights = compose_config("evaluate", [*overrides, "classifier.class_weights=[1,2]"], tmp_path)
+    assert build_classifier(weights, dm, classes).class_weights.tolist() == [1.0, 2.0]

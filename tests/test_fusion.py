@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wsisum.errors import InputError
-from wsisum.teachers.fusion import TeacherFusion, fit_fusion
+from wsisum.teachers.fusion import TeacherFusion, fit_fusion, fit_training_fusion
 
 
 def _teachers(n=60, seed=0):
@@ -60,3 +60,15 @@ def test_heads_mode_and_errors(tmp_path: Path) -> None:
         fit_fusion({"TITAN": [np.ones(3), None]})
     with pytest.raises(InputError, match="fusion mode"):
         fit_fusion(_teachers(), mode="concat")
+
+
+def test_training_fusion_reads_the_embeddings_by_path() -> None:
+    """The pretraining fit: each training slide's file looked up in the embeddings read at setup, a
+    missing file (None) a missing teacher; out_dim None means 768 (capped by the slide count)."""
+    emb = _teachers(n=12)
+    paths = {t: [None if (t == "PRISM" and i == 3) else Path(f"{t}/{i}.h5") for i in range(12)] for t in emb}
+    read = {p: emb[t][i] for t, ps in paths.items() for i, p in enumerate(ps) if p is not None}
+    fitted = fit_training_fusion(paths, read, mode="pca", out_dim=None)
+    expected = fit_fusion({t: [read[p] if p else None for p in ps] for t, ps in paths.items()}, "pca", 768)
+    np.testing.assert_array_equal(fitted.pca_components, expected.pca_components)
+    assert fitted.out_dims == {"fused": 12} and fitted.teachers == ["TITAN", "CHIEF", "PRISM"]

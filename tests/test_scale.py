@@ -23,7 +23,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 2**20
@@ -138,9 +137,10 @@ def large_cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     from wsisum.data.bags import bag_info
     from wsisum.data.cohort import Cohort
     from wsisum.data.synthetic import generate_cohort
+    from wsisum.data.synthetic.preset import load_preset
 
     root = tmp_path_factory.mktemp("large") / "cohort"
-    preset = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preset" / "large.yaml"), resolve=True)
+    preset = load_preset("large")
     generate_cohort(root, preset, seed=0, progress=False)
     cohort = Cohort(root)
     infos = {sid: bag_info(rec.bag_path) for sid, rec in cohort.slides.items()}

@@ -11,19 +11,19 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from omegaconf import OmegaConf
 from scipy import ndimage
 
 from wsisum.data.bags import read_bag
 from wsisum.data.embeddings import read_embedding
 from wsisum.data.synthetic import MANIFEST_NAME, bracs_class_names, generate_cohort, parse_preset
+from wsisum.data.synthetic.preset import load_preset
 from wsisum.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_preset() -> dict:
-    return OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "preset" / "tiny.yaml"), resolve=True)
+    return load_preset("tiny")
 
 
 def one_dataset(name: str, **overrides) -> dict:
@@ -406,8 +406,20 @@ def test_refuses_a_cohort_it_did_not_write(tmp_path: Path) -> None:
 def test_all_presets_parse() -> None:
     for path in sorted((REPO / "configs" / "preset").glob("*.yaml")):
         assert path.read_text().startswith("# @package preset\n")
-        preset = parse_preset(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+        preset = parse_preset(load_preset(path.stem))
         assert preset.name == path.stem
+
+
+@pytest.mark.parametrize("part", ["common", "syn_bracs"])
+def test_the_shared_part_of_the_presets_is_not_a_preset(tmp_path: Path, part: str) -> None:
+    with pytest.raises(InputError) as err:
+        generate_cohort(tmp_path / "x", load_preset(f"base/{part}"), progress=False)
+    assert "preset.name is not set" in str(err.value) and "\n" not in str(err.value)
+    preset = tiny_preset()
+    preset["datasets"]["syn_bracs"]["n_slides"] = "???"  # what a preset based on base/ forgot to set
+    with pytest.raises(InputError, match=r"preset\.datasets\.syn_bracs\.n_slides: not set"):
+        generate_cohort(tmp_path / "x", preset, progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def _set(p: dict, dotted: str, value) -> None:

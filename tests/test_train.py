@@ -10,7 +10,9 @@ import torch
 
 from tests.conftest import compose_config, make_cohort
 from wsisum.apps.train import train
+from wsisum.data.datamodules import PretrainDataModule
 from wsisum.lit.pretrain import SummarizerPretraining
+from wsisum.sampling.pool import PoolTransform
 
 FAST = ["model=tiny", "pool.size=24", "pool.n_clusters=4", "trainer.accelerator=cpu", "logger=csv"]
 
@@ -33,6 +35,31 @@ def test_fast_dev_run_each_fusion(tmp_path: Path, cohort: Path, fusion: str) -> 
     out = tmp_path / "run"
     train(_cfg(cohort, out, f"fusion={fusion}", "+trainer.fast_dev_run=true"))
     assert (out / "teacher_fusion.npz").is_file()
+
+
+def test_config_instantiates_the_datamodule_and_the_module(tmp_path: Path, cohort: Path) -> None:
+    """`data` and `lit` come from their `_target_`s with the user-facing keys (pool.*, lit.*,
+    val_fraction, model=...); the optimiser is a partial the module calls, the same AdamW as the
+    module's default, and no hyper-parameter (a checkpoint keeps plain values only)."""
+    from hydra.utils import instantiate
+
+    cfg = _cfg(cohort, tmp_path / "run", "pool.size=17", "lit.lr=3e-3", "lit.betas=[0.8,0.9]", "lit.mask_ratio=0.5")
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, PretrainDataModule) and isinstance(dm.transform, PoolTransform)
+    assert dm.transform.pool_size == 17 and dm.val_fraction == 0.25 and dm.root == cohort
+    module = instantiate(cfg.lit)(feature_dim=16, teacher_dims={"TITAN": 8, "CHIEF": 4}, fused_dim=None)
+    hp = dict(module.hparams)
+    assert "optimizer" not in hp and hp["model"]["embed_dim"] == 32 and hp["mask_ratio"] == 0.5
+    assert hp["fusion_mode"] == "heads" and isinstance(hp["betas"], list) and isinstance(hp["model"], dict)
+    opt = module.make_optimizer(module.parameters())
+    default = SummarizerPretraining(**hp).make_optimizer(module.parameters())
+    assert type(opt) is type(default) is torch.optim.AdamW
+    assert (
+        opt.defaults == default.defaults and opt.defaults["lr"] == 3e-3 and tuple(opt.defaults["betas"]) == (0.8, 0.9)
+    )
+    swapped = _cfg(cohort, tmp_path / "run", "lit.optimizer._target_=torch.optim.Adam")
+    module = instantiate(swapped.lit)(feature_dim=16, teacher_dims={"TITAN": 8}, fused_dim=None)
+    assert type(module.make_optimizer(module.parameters())) is torch.optim.Adam
 
 
 def _epoch_means(out: Path) -> list[dict[str, float]]:

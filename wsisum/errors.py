@@ -1,8 +1,10 @@
-"""One exception type for bad user input, so apps can print it as a single line and go on."""
+"""One exception type for bad user input, so apps can print it as a single line and go on; and the
+one printer of such lines (`print_error`: `error: <where>: <problem>` on stderr)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,30 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = " ".join(str(problem).split())  # one line, whatever the cause printed
         super().__init__(self.problem if self.path is None else f"{self.path}: {self.problem}")
+
+
+def print_error(problem: object, prefix: str | None = "error") -> None:
+    """What a user reads when something failed: `error: <where>: <problem>` (an `InputError` prints
+    as `<where>: <problem>`) on stderr, flushed, so it is one line in order with the rest of the output.
+    `prefix=None` prints the line as it is (a list of failures under its heading)."""
+    print(str(problem) if prefix is None else f"{prefix}: {problem}", file=sys.stderr, flush=True)
+
+
+def print_failures(lines: Iterable[object], heading: str | None = None) -> None:
+    """Failures that did not stop a run: each an `error:` line, or, under `heading`, indented lines."""
+    if heading is None:
+        for line in lines:
+            print_error(line)
+        return
+    print_error(heading, prefix=None)
+    for line in lines:
+        print_error(f"  {line}", prefix=None)
+
+
+def short_error(err: BaseException) -> str:
+    """A library's error text as one short line, for the one-line messages built from it."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def input_error_in(err: BaseException | None) -> InputError | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from wsisum.console import configure_console
 from wsisum.data.output_faults import disk_full_cause, quiet_h5py_dealloc, where_full
-from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError, input_error_in
+from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError, input_error_in, print_error
 
 # `wsisum/configs` is a link to the top-level `configs/` (and a copy inside a built wheel), so the
 # apps find their configs both in a source checkout and in an installed package.
@@ -33,27 +32,27 @@ def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConf
         try:
             return task(cfg)
         except DiskFullError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print_error(err)
             raise SystemExit(EXIT_DISK_FULL) from None
         except InputError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print_error(err)
             raise SystemExit(1) from None
         except InstantiationException as err:
             cause = input_error_in(err)
             if cause is None:
                 raise
-            print(f"error: {cause}", file=sys.stderr, flush=True)
+            print_error(cause)
             raise SystemExit(1) from None
         except MissingMandatoryValue as err:
             key = getattr(err, "full_key", None) or "?"
-            print(f"error: missing required option '{key}' (add {key}=... to the command)", file=sys.stderr, flush=True)
+            print_error(f"missing required option '{key}' (add {key}=... to the command)")
             raise SystemExit(2) from None
         except Exception as err:
             full = disk_full_cause(err)
             if full is None:
                 raise
             where = where_full(full, cfg.get("paths", {}).get("output_dir", "the output directory"))
-            print(f"error: {DiskFullError(where)}", file=sys.stderr, flush=True)
+            print_error(DiskFullError(where))
             raise SystemExit(EXIT_DISK_FULL) from None
 
     return wrapper

@@ -16,6 +16,7 @@ from rich.console import Console
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.check import CohortCheck, check_cohort, render_table
 from wsisum.data.layouts import layout_options
+from wsisum.errors import print_error
 from wsisum.evaluate.tasks import TaskSpec
 
 
@@ -48,10 +49,11 @@ def check(cfg: DictConfig) -> CohortCheck:
         Console().print(render_table(report, title=f"wsisum-check {cfg.data.root}"))
     sys.stdout.flush()
     for problem in sorted(report.problems, key=lambda p: not p.fatal):  # what must be fixed first, in scan order
-        print(problem.line(), file=sys.stderr)
-    print(report.summary(), file=sys.stderr if report.fatal else sys.stdout, flush=True)
+        print_error(problem.line(), prefix=None)
     if report.fatal:
+        print_error(report.summary(), prefix=None)
         raise SystemExit(1)
+    print(report.summary(), flush=True)
     return report
 
 

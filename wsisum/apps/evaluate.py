@@ -19,7 +19,6 @@ sweep writes `aggregate.csv`, `aggregate.md` and `auroc_vs_budget_<mil>.png` whe
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from rich.table import Table
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import read_ledger, report_bad_slides
-from wsisum.errors import InputError
+from wsisum.errors import InputError, print_error
 from wsisum.evaluate.aggregate import aggregate, collect, markdown_table
 from wsisum.evaluate.hydra_callbacks import FAILED_FILE
 from wsisum.evaluate.protocol import check_engine, run_replicas
@@ -87,7 +86,7 @@ def main(cfg: DictConfig) -> float | None:
         out_dir = Path(cfg.paths.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / FAILED_FILE).write_text(f"{err}\n")
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print_error(err)
         return float("nan")
 
 

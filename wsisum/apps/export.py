@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.errors import print_failures
 from wsisum.summarize.export import ExportReport, export_summaries
 
 
@@ -16,8 +15,7 @@ def export(cfg: DictConfig) -> ExportReport:
     report = export_summaries(cfg.summaries, cfg.out_dir, cfg["format"], cfg.patch_size_level0)
     print(f"{len(report.done)} exported, {len(report.failed)} failed -> {cfg.out_dir}")
     if report.failed:
-        for line in report.failed.values():
-            print(f"error: {line}", file=sys.stderr)
+        print_failures(report.failed.values())
         raise SystemExit(1)
     return report
 

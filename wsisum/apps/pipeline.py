@@ -1,14 +1,13 @@
 """`wsisum-pipeline [experiment=demo]`: cohort -> pretraining -> summaries -> evaluation -> report.
 
 Every stage is the same function its own console script runs, so each is also runnable alone;
-finished stages are reused on a re-run (see `wsisum.study`).
+finished stages are reused on a re-run (see `wsisum.pipeline.study`); the run dir's names are
+`wsisum.run_layout`'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,32 @@ from rich.table import Table
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.console import batch_console
 from wsisum.data.bad_slides import LEDGER_FILE, runs_with_bad_slides
+from wsisum.data.ground_truth import MANIFEST_NAME
+from wsisum.data.markers import FINGERPRINT, fingerprint, recorded_fingerprint, write_marker
 from wsisum.data.output_faults import check_writable
+from wsisum.errors import print_error
+from wsisum.evaluate.results import METRICS_FILE
+from wsisum.pipeline.study import Study, compose_stage, console, remove
 from wsisum.progress import study_display
-from wsisum.report.rundir import EVALUATE_DIR, RESULTS_FILE, RETRIEVAL_FILE, RETRIEVE_DIR, stage_metrics
-from wsisum.study import Study, compose_stage, console, remove
+from wsisum.report.rundir import stage_metrics
+from wsisum.run_layout import (
+    CACHE_DIR,
+    CLUSTERS_DIR,
+    EVALUATE_DIR,
+    LOGS_DIR,
+    RECIPE_FILE,
+    RESULTS_FILE,
+    RETRIEVAL_CACHE_DIR,
+    RETRIEVAL_FILE,
+    RETRIEVE_DIR,
+    SUMMARIES_DIR,
+    TRAIN_DIR,
+    chosen_checkpoint,
+    last_checkpoint,
+    summary_set_name,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _best_checkpoint(train_dir: Path) -> Path:
-    best = sorted((train_dir / "checkpoints").glob("best-*.ckpt"))
-    return best[-1] if best else train_dir / "checkpoints" / "last.ckpt"
 
 
 def data_overrides(cfg: DictConfig, root: Path) -> list[str]:
@@ -50,7 +64,7 @@ def stage_cohort(study: Study, cfg: DictConfig, root: Path) -> list[str]:
 
     scfg = compose_stage("synth", [f"preset={cfg.cohort.preset}", f"out_dir={root}", f"seed={cfg.seed}"])
     recipe = {"preset": OmegaConf.to_container(scfg.preset), "seed": cfg.seed, "root": str(root)}
-    study.run("cohort", recipe, lambda: synth(scfg), outputs=[root / "cohort.json"])
+    study.run("cohort", recipe, lambda: synth(scfg), outputs=[root / MANIFEST_NAME])
     return ["cohort"]
 
 
@@ -58,34 +72,33 @@ def stage_train(study: Study, cfg: DictConfig, root: Path, upstream: list[str], 
     """Pretrain the study's summarizer (or, for an ablation variant with `train_overrides`, its own one)."""
     from wsisum.apps.train import train
 
-    key = "train" if variant is None else f"train/{variant}"
+    key = TRAIN_DIR if variant is None else f"{TRAIN_DIR}/{variant}"
     train_dir = study.run_dir / key
     extra = [] if variant is None else list(cfg.summarize.variants[variant].get("train_overrides") or [])
     overrides = [
         *data_overrides(cfg, root),
         f"paths.output_dir={train_dir}",
-        f"pool.cache_dir={study.run_dir / 'cache' / 'clusters'}",
+        f"pool.cache_dir={study.run_dir / CACHE_DIR / CLUSTERS_DIR}",
         f"seed={cfg.seed}",
         *cfg.train.overrides,
         *extra,
     ]
     tcfg = compose_stage("train", overrides)
-    recipe_file = train_dir / "recipe.json"
-    fp = study.fingerprint(tcfg)
+    recipe_file = train_dir / RECIPE_FILE
+    fp = fingerprint(tcfg)
+    last = last_checkpoint(train_dir)
 
     def run() -> None:
         # an interrupted run of the same recipe resumes from its last checkpoint
-        last = train_dir / "checkpoints" / "last.ckpt"
         run_cfg = tcfg
-        if last.exists() and recipe_file.exists() and json.loads(recipe_file.read_text()).get("fingerprint") == fp:
+        if last.exists() and recorded_fingerprint(recipe_file) == fp:
             console.print(f"resuming pretraining from {last}")
             run_cfg = compose_stage("train", [*overrides, f"ckpt_path={last}"])
-        train_dir.mkdir(parents=True, exist_ok=True)
-        recipe_file.write_text(json.dumps({"fingerprint": fp}))
+        write_marker(recipe_file, {FINGERPRINT: fp})
         train(run_cfg)
 
-    study.run(key, tcfg, run, upstream, outputs=[train_dir / "checkpoints" / "last.ckpt"], clean=remove(train_dir))
-    return _best_checkpoint(train_dir)
+    study.run(key, tcfg, run, upstream, outputs=[last], clean=remove(train_dir))
+    return chosen_checkpoint(train_dir)
 
 
 def summary_recipes(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
@@ -114,15 +127,15 @@ def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstr
     made = {}
     variants = cfg.summarize.get("variants") or {}
     for name, sampler, extra in summary_recipes(cfg):
-        train_key, model = "train", ckpt
+        train_key, model = TRAIN_DIR, ckpt
         if name in variants and variants[name].get("train_overrides"):
-            train_key, model = f"train/{name}", stage_train(study, cfg, root, upstream, variant=name)
+            train_key, model = f"{TRAIN_DIR}/{name}", stage_train(study, cfg, root, upstream, variant=name)
         budgets = cfg.summarize.budgets
         if name in variants and cfg.summarize.get("ablation_budgets"):
             budgets = cfg.summarize.ablation_budgets  # ablations may run at fewer budgets than the samplers
         for budget in budgets:
-            label = f"{name}_{budget}"
-            out = study.run_dir / "summaries" / label
+            label = summary_set_name(name, budget)
+            out = study.run_dir / SUMMARIES_DIR / label
             overrides = [
                 *data_overrides(cfg, root),
                 f"sampler={sampler}",
@@ -131,8 +144,8 @@ def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstr
                 f"out_dir={out}",
                 f"workers={cfg.summarize.workers}",
                 f"seed={cfg.seed}",
-                f"cache_dir={study.run_dir / 'cache'}",
-                f"paths.output_dir={study.run_dir / 'logs' / 'summarize' / label}",
+                f"cache_dir={study.run_dir / CACHE_DIR}",
+                f"paths.output_dir={study.run_dir / LOGS_DIR / 'summarize' / label}",
             ]
             needs = list(upstream)
             if sampler == "wsisum":
@@ -182,8 +195,9 @@ def run_per_task(
     options: list[str],
     tail: list[str],
 ) -> None:
-    """One stage `<app>/<task>/<label>` per task and bag set (evaluate, retrieve): the app's config
-    from `options`, the run's extra overrides and then `tail`; its metrics.csv is the stage's output."""
+    """One stage `<app>/<task>/<label>` per task and bag set (evaluate, retrieve: the run dir's
+    `EVALUATE_DIR`, `RETRIEVE_DIR` are named after them): the app's config from `options`, the run's
+    extra overrides and then `tail`; its metrics.csv is the stage's output."""
     run = report_input_errors(task_fn)
     for task in tasks:
         for label, bags, extra, needs in runs:
@@ -195,7 +209,7 @@ def run_per_task(
                 acfg,
                 lambda c=acfg: run(c),
                 needs,
-                outputs=[out / "metrics.csv"],
+                outputs=[out / METRICS_FILE],
                 clean=remove(out),
             )
 
@@ -249,7 +263,7 @@ def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
 
     full = list(rcfg.get("full_overrides") or []) if rcfg.get("full_bags", True) else None
     runs = bag_runs(full, upstream, summaries, keep)
-    options = [f"seed={cfg.seed}", f"index_dir={study.run_dir / 'cache' / 'retrieval'}"]
+    options = [f"seed={cfg.seed}", f"index_dir={study.run_dir / CACHE_DIR / RETRIEVAL_CACHE_DIR}"]
     tasks = rcfg.get("tasks") or cfg.evaluate.tasks
     run_per_task(
         study, "retrieve", retrieve, data_overrides(cfg, root), tasks, runs, options, list(rcfg.get("overrides") or [])
@@ -291,11 +305,11 @@ def stage_check(cfg: DictConfig, root: Path) -> None:
     fatal = [line for line, is_fatal in problems.items() if is_fatal]
     for line, is_fatal in problems.items():
         if is_fatal:
-            print(line, file=sys.stderr)
+            print_error(line, prefix=None)
         else:
             log.warning(line)
     if fatal:
-        print(f"error: {len(fatal)} problem(s) in the cohort {root}; a later stage would fail", file=sys.stderr)
+        print_error(f"{len(fatal)} problem(s) in the cohort {root}; a later stage would fail")
         raise SystemExit(1)
     warnings = len(problems) - len(fatal)
     Study.say(f"[green]checked[/green] cohort: {n_slides} slides" + (f", {warnings} warning(s)" if warnings else ""))
@@ -332,11 +346,11 @@ def pipeline(cfg: DictConfig) -> Study:
     _print_stages(study)
     failed = [k for k, r in study.results.items() if r.status == "failed"]
     if failed:
-        print(f"{len(failed)} stage(s) failed: {', '.join(failed)}", file=sys.stderr)
+        print_error(f"{len(failed)} stage(s) failed: {', '.join(failed)}", prefix=None)
     partial = runs_with_bad_slides(study.run_dir, f"**/{LEDGER_FILE}")  # stages that ran without some slides
     for stage, n in partial:
         name = stage.relative_to(study.run_dir)
-        print(f"stage {name} skipped {n} bad slide(s), listed in {stage / LEDGER_FILE}", file=sys.stderr)
+        print_error(f"stage {name} skipped {n} bad slide(s), listed in {stage / LEDGER_FILE}", prefix=None)
     if failed or partial:
         raise SystemExit(1)
     return study

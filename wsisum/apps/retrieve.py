@@ -21,7 +21,6 @@ A sweep aggregates like wsisum-evaluate's (aggregate.md and majority_vote_at_5_v
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -31,10 +30,10 @@ from rich.table import Table
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import read_ledger, report_bad_slides
-from wsisum.errors import InputError
+from wsisum.errors import InputError, print_error
 from wsisum.evaluate.aggregate import aggregate, collect, markdown_table
 from wsisum.evaluate.hydra_callbacks import FAILED_FILE
-from wsisum.evaluate.runner import is_multirun
+from wsisum.evaluate.setup import is_multirun
 from wsisum.retrieve.run import RetrievalResult, run_retrieval
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,7 @@ def main(cfg: DictConfig) -> None:
         out_dir = Path(cfg.paths.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / FAILED_FILE).write_text(f"{err}\n")
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print_error(err)
 
 
 if __name__ == "__main__":

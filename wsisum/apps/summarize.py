@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
@@ -11,7 +9,7 @@ from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.bad_slides import check_on_bad
 from wsisum.data.cohort import Cohort
 from wsisum.data.layouts import layout_options
-from wsisum.errors import budget_option
+from wsisum.errors import budget_option, print_failures
 from wsisum.summarize.jobs import RunReport
 from wsisum.summarize.run import summarize_cohort
 
@@ -45,9 +43,7 @@ def summarize(cfg: DictConfig) -> RunReport:
         f"{len(report.failed)} failed in {report.seconds:.1f}s -> {cfg.out_dir}"
     )
     if report.failed:
-        print(f"{len(report.failed)} slide(s) failed:", file=sys.stderr)
-        for line in report.failed.values():
-            print(f"  {line}", file=sys.stderr)
+        print_failures(report.failed.values(), f"{len(report.failed)} slide(s) failed:")
         raise SystemExit(1)
     return report
 

@@ -7,67 +7,32 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.apps._lightning import build_trainer, finish_loggers
 from wsisum.checkpoints import load_checkpoint
 from wsisum.data.bad_slides import BadSlideLedger, report_bad_slides
 from wsisum.data.datamodules import PretrainDataModule
-from wsisum.data.layouts import layout_options
 from wsisum.errors import InputError
 from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.sampling.cluster_cache import format_stats, stats_since, stats_snapshot
-from wsisum.sampling.pool import PoolTransform
-from wsisum.teachers.fusion import fit_fusion
+from wsisum.teachers.fusion import FUSION_FILE, fit_training_fusion
 
 log = logging.getLogger(__name__)
-FUSION_FILE = "teacher_fusion.npz"
 BAD_INPUTS = "bad_inputs"  # metrics key: how many slides/teacher files the run skipped
 
 
-def build_datamodule(cfg: DictConfig) -> PretrainDataModule:
-    transform = PoolTransform(
-        pool_size=cfg.pool.size,
-        n_clusters=cfg.pool.n_clusters,
-        seed=cfg.seed,
-        cache_dir=cfg.pool.cache_dir,
-        normalize=cfg.pool.normalize,
-        allocation_power=cfg.pool.get("allocation_power", 1.0),
-        min_per_cluster=cfg.pool.get("min_per_cluster", 0),
-        rare_quota=cfg.pool.get("rare_quota", 0.0),
-    )
-    names = cfg.teachers.names
-    return PretrainDataModule(
-        root=cfg.data.root,
-        teachers=list(names) if names else None,
-        datasets=cfg.data.datasets,
-        val_fraction=cfg.val_fraction,
-        batch_size=cfg.data.batch_size,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
-        on_bad_slide=cfg.data.on_bad_slide,
-        transform=transform,
-        **layout_options(cfg.data),
-    )
-
-
 def build_module(cfg: DictConfig, dm: PretrainDataModule, out_dir: Path) -> SummarizerPretraining:
-    """Fit the teacher fusion on the training slides, save it as .npz, and build the module."""
-    train = dm.parts["train"]
-    embeddings = {t: [dm.embeddings[p] if p else None for p in ps] for t, ps in train.teacher_paths.items()}
-    fusion = fit_fusion(embeddings, mode=cfg.fusion.mode, out_dim=cfg.fusion.out_dim or 768)
+    """The `lit` module, sized by the data, with the teacher fusion fitted on the training slides
+    (saved in the run dir as .npz, and copied into the module's buffers)."""
+    train_part = dm.parts["train"]
+    fusion = fit_training_fusion(train_part.teacher_paths, dm.embeddings, cfg.fusion.mode, cfg.fusion.out_dim)
     fusion.save(out_dir / FUSION_FILE)
-    module = SummarizerPretraining(
-        feature_dim=dm.feature_dim,
-        teacher_dims=dm.teacher_dims,
-        fusion_mode=cfg.fusion.mode,
-        fused_dim=fusion.out_dims.get("fused"),
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        distill_loss=cfg.fusion.loss,
-        seed=cfg.seed,
-        **OmegaConf.to_container(cfg.lit, resolve=True),
+    module = instantiate(cfg.lit)(
+        feature_dim=dm.feature_dim, teacher_dims=dm.teacher_dims, fused_dim=fusion.out_dims.get("fused")
     )
     module.set_fusion(fusion)
     return module
@@ -97,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = resume_from(cfg.ckpt_path, out_dir)
     L.seed_everything(cfg.seed, workers=True)
     before = stats_snapshot()  # the pools' clustering (in this process; loader workers keep their own counts)
-    dm = build_datamodule(cfg)
+    dm: PretrainDataModule = instantiate(cfg.data)
     dm.setup()
     log.info(
         "pretraining on %d slides (%d for validation), feature dim %d, teachers %s",

@@ -11,12 +11,11 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Literal, get_args
 
 from wsisum.data.atomic import atomic_path
-from wsisum.errors import InputError
+from wsisum.errors import InputError, print_error, print_failures
 
 log = logging.getLogger(__name__)
 LEDGER_DIR = "bad_slides"
@@ -83,8 +82,6 @@ def report_bad_slides(run_dir: str | Path, what: str) -> int:
         writer = csv.writer(f)
         writer.writerow(["slide_id", "problem"])
         writer.writerows(bad.items())
-    print(f"{len(bad)} slide(s) skipped as bad input ({what} ran without them):", file=sys.stderr)
-    for message in bad.values():
-        print(f"  {message}", file=sys.stderr)
-    print(f"list: {Path(run_dir) / LEDGER_FILE}", file=sys.stderr, flush=True)
+    print_failures(bad.values(), f"{len(bad)} slide(s) skipped as bad input ({what} ran without them):")
+    print_error(f"list: {Path(run_dir) / LEDGER_FILE}", prefix=None)
     return len(bad)

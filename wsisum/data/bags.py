@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 
 from wsisum.data.atomic import atomic_path
-from wsisum.data.hdf5 import open_h5
-from wsisum.errors import InputError
+from wsisum.data.hdf5 import missing_dataset, open_dataset, plain_attrs, read_h5_header, reading_h5
+from wsisum.errors import InputError, short_error
 
 BAG_SUFFIXES = (".h5", ".pt")
 
@@ -54,23 +54,6 @@ class BagInfo:
     dim: int
     dtype: str
     has_coords: bool
-
-
-def _plain_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in attrs.items():
-        if isinstance(v, bytes):
-            v = v.decode("utf-8", "replace")
-        elif isinstance(v, np.generic):
-            v = v.item()
-        out[k] = v
-    return out
-
-
-def short_error(err: BaseException) -> str:
-    """A library's error text as one short line, for the one-line messages built from it."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _check_exists(path: Path) -> None:
@@ -123,34 +106,14 @@ def bag_info(path: str | Path) -> BagInfo:
     if path.suffix == ".pt":
         bag = read_bag(path)
         return BagInfo(str(path), bag.n_patches, bag.dim, str(bag.features.dtype), bag.coords is not None)
-    try:
-        with open_h5(path) as f:
-            if "features" not in f:
-                raise InputError(path, f"no 'features' dataset (found: {sorted(f.keys()) or 'nothing'})")
-            feats = f["features"]
-            _check_features_shape(path, feats.shape)
-            _check_dtype(path, feats.dtype)
-            has_coords = "coords" in f
-            if has_coords:
-                _check_coords_shape(path, f["coords"].shape, feats.shape[0])
-            return BagInfo(str(path), int(feats.shape[0]), int(feats.shape[1]), str(feats.dtype), has_coords)
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {short_error(err)}") from None
-
-
-def _open_dataset(f: h5py.File, name: str) -> h5py.h5d.DatasetID | None:
-    """The dataset `name` through h5py's low-level API, or None where there is none (or a group).
-
-    Why low level: a bag is read once per epoch, and for the small bags of summaries the high-level
-    `name in f` / `f[name]` / `ds[()]` calls cost more than the read (scripts/bench_io.py: 0.66 ms
-    against 0.49 ms per 0.4 MB bag), which made the training loader slower than a plain h5py loop.
-    """
-    try:
-        return h5py.h5d.open(f.id, name.encode())
-    except KeyError:  # absent, or not a dataset
-        return None
+    header = read_h5_header(path, ("features", "coords"))
+    feats = header.require("features")
+    _check_features_shape(path, feats.shape)
+    _check_dtype(path, feats.dtype)
+    has_coords = "coords" in header.datasets
+    if has_coords:
+        _check_coords_shape(path, header.datasets["coords"].shape, feats.shape[0])
+    return BagInfo(str(path), int(feats.shape[0]), int(feats.shape[1]), str(feats.dtype), has_coords)
 
 
 def _read_whole(f: h5py.File, name: str, dsid: h5py.h5d.DatasetID) -> np.ndarray:
@@ -172,34 +135,29 @@ def read_bag(path: str | Path, *, check_values: bool = True, metadata: bool = Tr
     _check_exists(path)
     if path.suffix == ".pt":
         return _read_pt(path, check_values=check_values)
-    try:
-        with open_h5(path) as f:
-            fds = _open_dataset(f, "features")
-            if fds is None:
-                raise InputError(path, f"no 'features' dataset (found: {sorted(f.keys()) or 'nothing'})")
-            _check_features_shape(path, fds.shape)
-            _check_dtype(path, fds.dtype)
-            n = int(fds.shape[0])
-            coords = coords_attrs = None
-            cds = _open_dataset(f, "coords")
-            if cds is not None:
-                _check_coords_shape(path, cds.shape, n)
-                coords = _read_whole(f, "coords", cds)
-                coords_attrs = _plain_attrs(f["coords"].attrs) if metadata else None
-            features = _read_whole(f, "features", fds)
-            extras, attrs = {}, {}
-            if metadata:
-                for k in f:
-                    if k in ("features", "coords"):
-                        continue
-                    obj = f[k]
-                    if isinstance(obj, h5py.Dataset) and obj.shape[:1] == (n,):
-                        extras[k] = obj[()]
-                attrs = _plain_attrs(f.attrs)
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {short_error(err)}") from None
+    with reading_h5(path) as f:
+        fds = open_dataset(f, "features")
+        if fds is None:
+            raise missing_dataset(path, "features", f.keys())
+        _check_features_shape(path, fds.shape)
+        _check_dtype(path, fds.dtype)
+        n = int(fds.shape[0])
+        coords = coords_attrs = None
+        cds = open_dataset(f, "coords")
+        if cds is not None:
+            _check_coords_shape(path, cds.shape, n)
+            coords = _read_whole(f, "coords", cds)
+            coords_attrs = plain_attrs(f["coords"].attrs) if metadata else None
+        features = _read_whole(f, "features", fds)
+        extras, attrs = {}, {}
+        if metadata:
+            for k in f:
+                if k in ("features", "coords"):
+                    continue
+                obj = f[k]
+                if isinstance(obj, h5py.Dataset) and obj.shape[:1] == (n,):
+                    extras[k] = obj[()]
+            attrs = plain_attrs(f.attrs)
     if check_values:
         check_finite(path, "features", features)
         if coords is not None:

@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import h5py
-
-from wsisum.data.bags import bag_info, short_error
+from wsisum.data.bags import bag_info
 from wsisum.data.cohort import Cohort
-from wsisum.data.hdf5 import open_h5
+from wsisum.data.hdf5 import read_h5_header
 from wsisum.errors import InputError, examples
 from wsisum.evaluate.tasks import TaskSpec
 from wsisum.progress import item_bar
@@ -102,17 +100,8 @@ def teacher_info(path: str | Path) -> TeacherInfo:
     path = Path(path)
     if not path.is_file():  # a dangling link: say so, not "corrupt"
         raise InputError(path, "file not found")
-    try:
-        with open_h5(path) as f:
-            try:  # h5py's low-level open: the high-level lookup costs as much as opening the file
-                features = h5py.h5d.open(f.id, b"features")
-            except KeyError:
-                raise InputError(path, f"no 'features' dataset (found: {sorted(f.keys()) or 'nothing'})") from None
-            shape, dtype = tuple(features.shape), features.dtype
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {short_error(err)}") from None
+    features = read_h5_header(path).require("features")
+    shape, dtype = features.shape, features.dtype
     if not (len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)) or shape[-1] == 0:
         raise InputError(path, f"slide embedding must have shape (1, D) or (D,), got {shape}")
     if dtype.kind not in "fiu":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsisum.data.atomic import TMP_PREFIX
-from wsisum.data.layouts import Layout, resolve, subdirs
+from wsisum.data.layouts import EMBEDDINGS_DIR, LABELS_DIR, SPLITS_DIR, Layout, resolve, subdirs
 from wsisum.errors import InputError
 
 
@@ -132,7 +132,7 @@ class Cohort:
 
     def teacher_dir(self, dataset: str, teacher: str) -> Path:
         if self.layout is None:
-            return self.root / "slide_embeddings" / dataset / teacher
+            return self.root / EMBEDDINGS_DIR / dataset / teacher
         return self.layout.teacher_dir(dataset, teacher)
 
     def embedding_path(self, slide_id: str, teacher: str) -> Path:
@@ -141,7 +141,7 @@ class Cohort:
 
     # --- labels and splits ----------------------------------------------------------------------
     def labels_path(self, task: str) -> Path:
-        return self.root / "labels" / f"{task}.csv"
+        return self.root / LABELS_DIR / f"{task}.csv"
 
     def splits_dir(self, task: str) -> Path:
-        return self.root / "splits" / task
+        return self.root / SPLITS_DIR / task

@@ -290,7 +290,9 @@ class PretrainDataModule(L.LightningDataModule):
 
     A slide that lacks a teacher keeps training on the others (its `teacher_present` is False).
     `transform` lets the pretraining stage draw each epoch's pool from the full bag in the worker.
-    `exclude` keeps slides (e.g. every downstream test slide) out of pretraining.
+    `exclude` keeps slides (e.g. every downstream test slide) out of pretraining. `worker_kind` is
+    checked but not used, so that one `data` config serves both datamodules: pretraining always reads
+    through worker processes (its pools are a few hundred patches, cheap to hand over).
     """
 
     def __init__(
@@ -308,8 +310,11 @@ class PretrainDataModule(L.LightningDataModule):
         transform: Callable[[Item], Item] | None = None,
         layout: str = "auto",
         encoder: str | None = None,
+        worker_kind: str = "process",
     ):
         super().__init__()
+        if worker_kind not in WORKER_KINDS:
+            raise ValueError(f"worker_kind must be one of {', '.join(WORKER_KINDS)}, not {worker_kind!r}")
         self.root, self.teacher_names = Path(root), list(teachers) if teachers else None
         self.datasets = list(datasets) if datasets else None
         self.val_fraction, self.exclude = float(val_fraction), set(exclude)

@@ -7,8 +7,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from wsisum.data.bags import check_finite, short_error
-from wsisum.data.hdf5 import open_h5
+from wsisum.data.bags import check_finite
+from wsisum.data.hdf5 import missing_dataset, reading_h5
 from wsisum.errors import InputError
 
 
@@ -17,15 +17,10 @@ def read_embedding(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
-    try:
-        with open_h5(path) as f:
-            if "features" not in f:
-                raise InputError(path, f"no 'features' dataset (found: {sorted(f.keys()) or 'nothing'})")
-            emb = f["features"][()]
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {short_error(err)}") from None
+    with reading_h5(path) as f:
+        if "features" not in f:
+            raise missing_dataset(path, "features", f.keys())
+        emb = f["features"][()]
     emb = np.asarray(emb)
     if emb.ndim == 2 and emb.shape[0] == 1:
         emb = emb[0]

@@ -21,7 +21,9 @@ from wsisum.data.atomic import TMP_PREFIX
 from wsisum.errors import InputError
 
 LAYOUTS = ("auto", "contract", "clam", "trident")
-BAG_DIRS = ("h5_files", "pt_files")  # CLAM writes both side by side; h5 carries coords, so it wins
+BAG_DIR, PT_DIR = "h5_files", "pt_files"
+BAG_DIRS = (BAG_DIR, PT_DIR)  # CLAM writes both side by side; h5 carries coords, so it wins
+EMBEDDINGS_DIR, LABELS_DIR, SPLITS_DIR = "slide_embeddings", "labels", "splits"
 BAG_SUFFIXES = (".h5", ".pt")
 FEATURES_PREFIX, SLIDE_FEATURES_PREFIX = "features_", "slide_features_"
 EXPECTED = (
@@ -53,9 +55,9 @@ class Layout:
         if found is not None:
             return found
         if self.name == "contract":
-            return self.root / "slide_embeddings" / dataset / teacher
+            return self.root / EMBEDDINGS_DIR / dataset / teacher
         if self.name == "clam":
-            return self.root / "slide_embeddings" / teacher
+            return self.root / EMBEDDINGS_DIR / teacher
         return (self.coords_dir or self.root) / f"{SLIDE_FEATURES_PREFIX}{teacher.lower()}"
 
 
@@ -101,7 +103,7 @@ def contract_layout(root: Path) -> Layout:
     datasets = subdirs(bag_root)
     if not datasets:
         raise InputError(bag_root, "no dataset folders (expected <dataset>/<slide_id>.h5)")
-    teachers = {d.name: {t.name: t for t in subdirs(root / "slide_embeddings" / d.name)} for d in datasets}
+    teachers = {d.name: {t.name: t for t in subdirs(root / EMBEDDINGS_DIR / d.name)} for d in datasets}
     return Layout("contract", {d.name: (d,) for d in datasets}, teachers, root=root)
 
 
@@ -110,7 +112,7 @@ def clam_layout(root: Path) -> Layout:
     if not dirs:
         raise InputError(root, "no CLAM bags (expected h5_files/<slide_id>.h5 or pt_files/<slide_id>.pt)")
     name = root.resolve().name
-    return Layout("clam", {name: dirs}, {name: {t.name: t for t in subdirs(root / "slide_embeddings")}}, root=root)
+    return Layout("clam", {name: dirs}, {name: {t.name: t for t in subdirs(root / EMBEDDINGS_DIR)}}, root=root)
 
 
 def trident_choices(root: Path) -> list[tuple[Path, str]]:

@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from wsisum.data.atomic import atomic_path
-from wsisum.errors import InputError
+from wsisum.errors import InputError, print_error
 from wsisum.evaluate.results import FULL, find_metrics, read_metrics
+from wsisum.markdown import pipe_table
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def markdown_table(agg: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) ->
     full_time = {(k[0], k[3]): c["epoch_time_s"][0] for k, c in wide.items() if k[1] == FULL and "epoch_time_s" in c}
     speed = bool(full_time)
     head = ["task", "mil", "sampler", "budget", "replicates", *metrics] + (["epoch time full/this"] if speed else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
 
     def order(k: tuple) -> tuple:
         b = budget_text(k[2])
@@ -125,8 +125,8 @@ def markdown_table(agg: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) ->
         elif speed:
             ref, mine = full_time.get((key[0], key[3])), cells.get("epoch_time_s", (math.nan,))[0]
             row.append(f"{ref / mine:.1f}×" if ref and mine and not math.isnan(mine) and mine > 0 else "")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(row)
+    return pipe_table(head, rows)
 
 
 def plot_metric_vs_budget(agg: pd.DataFrame, out_dir: Path, metric: str = "test_auroc") -> list[Path]:
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = write_aggregate(args.paths, out, args.metric)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(err)
         return 1
     print((out / "aggregate.md").read_text(), end="")
     for p in written.values():

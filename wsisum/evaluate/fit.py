@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from wsisum.data.bad_slides import read_ledger
 from wsisum.data.datamodules import ClassificationDataModule
@@ -44,18 +45,21 @@ def _warn_one_class_val(task: TaskSpec, dm: ClassificationDataModule, fold: int)
         )
 
 
+def class_weights(setting: Any, dm: ClassificationDataModule, n_classes: int) -> list[float] | None:
+    """`classifier.class_weights`: None, `balanced` (from the fold's training slides) or a list."""
+    if setting is None:
+        return None
+    if setting == "balanced":
+        return balanced_class_weights(dm.parts["train"].targets or [], n_classes)
+    return [float(w) for w in setting]
+
+
 def build_classifier(cfg: DictConfig, dm: ClassificationDataModule, classes: list[str]) -> MILClassifier:
-    """A fresh `mil` model in a `MILClassifier`, its class weights (`balanced` or a list) from the train part."""
+    """A fresh `mil` model in the `classifier` LightningModule, with the fold's class weights."""
     assert dm.feature_dim is not None
     model: MILModel = instantiate(cfg.mil, _partial_=True)(in_dim=dm.feature_dim, n_classes=len(classes))
-    opts = OmegaConf.to_container(cfg.classifier, resolve=True)
-    weighting = opts.pop("class_weights", None)
-    weights = None
-    if weighting == "balanced":
-        weights = balanced_class_weights(dm.parts["train"].targets or [], len(classes))
-    elif weighting is not None:
-        weights = [float(w) for w in weighting]
-    return MILClassifier(model, class_weights=weights, class_names=classes, **opts)
+    weights = class_weights(cfg.classifier.get("class_weights"), dm, len(classes))
+    return instantiate(cfg.classifier)(model=model, class_weights=weights, class_names=classes)
 
 
 def _log_fold_start(fold: int, label: RunLabel, dm: ClassificationDataModule, n_classes: int) -> None:
@@ -116,9 +120,7 @@ def evaluate_fold(
     with open_dict(cfg):
         cfg.fold = fold  # callbacks and loggers may interpolate ${fold}
     L.seed_everything(int(cfg.seed) + fold, workers=True, verbose=False)
-    dm = fold_datamodule(
-        cfg, task, fold, out_dir, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, seed=int(cfg.seed)
-    )
+    dm = fold_datamodule(cfg, task, fold, out_dir)
     label = label or run_label(cfg, task, dm)
     assert dm.labels is not None and dm.feature_dim is not None
     classes = list(dm.labels.classes)

@@ -7,7 +7,6 @@ the sweep, after every job (local, joblib or SLURM) has finished.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from wsisum.data.bad_slides import LEDGER_FILE, runs_with_bad_slides
-from wsisum.errors import InputError
+from wsisum.errors import InputError, print_error
 from wsisum.evaluate.aggregate import write_aggregate
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ class AggregateMetrics(Callback):
         try:
             written = write_aggregate([sweep_dir, *self.extra], sweep_dir, self.metric)
         except InputError as err:
-            print(f"error: no aggregate written: {err}", file=sys.stderr, flush=True)
+            print_error(f"no aggregate written: {err}")
             written = {}
         for path in written.values():
             log.info("aggregate: %s", path)
@@ -56,10 +55,10 @@ class AggregateMetrics(Callback):
             print(f"aggregate of the sweep: {written['markdown']}", flush=True)
         partial = runs_with_bad_slides(sweep_dir)
         for job, n in partial:
-            print(f"error: job {job.name} skipped {n} bad slide(s), listed in {job / LEDGER_FILE}", file=sys.stderr)
+            print_error(f"job {job.name} skipped {n} bad slide(s), listed in {job / LEDGER_FILE}")
         if failed:
             for job, msg in failed:
-                print(f"error: job {job.name} failed: {msg}", file=sys.stderr, flush=True)
-            print(f"error: {len(failed)} job(s) of the sweep failed", file=sys.stderr, flush=True)
+                print_error(f"job {job.name} failed: {msg}")
+            print_error(f"{len(failed)} job(s) of the sweep failed")
         if failed or partial:
             raise SystemExit(1)

@@ -18,10 +18,7 @@ from omegaconf import DictConfig, open_dict
 from wsisum.errors import InputError
 from wsisum.evaluate.fit import evaluate_fold
 from wsisum.evaluate.results import METRICS_FILE, RunLabel, rows_for_fold, write_metrics
-from wsisum.evaluate.setup import is_multirun, prepare_run
-
-# is_multirun and prepare_run are still imported from here by wsisum/apps/retrieve.py and scripts/
-__all__ = ["EvaluationResult", "is_multirun", "prepare_run", "run_evaluation"]
+from wsisum.evaluate.setup import prepare_run
 
 
 @dataclass

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,13 @@ class MILClassifier(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
         label_smoothing: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ):
+        """`optimizer`: a partial taking the parameters (the `classifier.optimizer` config); None =
+        AdamW with `lr` and `weight_decay`. Like the model, it is no hyper-parameter of the checkpoint."""
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.make_optimizer = optimizer or partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
         self.model = model
         n = model.n_classes
         if class_names is not None and len(class_names) != n:
@@ -195,11 +200,12 @@ class MILClassifier(L.LightningModule):
 
     # --- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = self.make_optimizer(self.parameters())
         epochs = self.trainer.max_epochs if self.trainer is not None else None
         if self.hparams.scheduler != "cosine" or not epochs or epochs < 1:
             return opt
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=self.hparams.lr * 0.01)
+        eta_min = opt.defaults["lr"] * 0.01
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=eta_min)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 

@@ -8,43 +8,14 @@ Linux allows). Nothing goes into checkpoints: the record lives in the process th
 
 from __future__ import annotations
 
-import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
 from wsisum.lit.bad_slides import is_empty
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where not supported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_mb(field: str) -> float | None:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB; None where unreadable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_mb() -> float:
-    """The process's peak RSS in MB: VmHWM where readable, else getrusage's lifetime maximum."""
-    hwm = rss_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB (macOS: bytes, rare here)
+from wsisum.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss, rss_mb
 
 
 def empty_cost() -> dict[str, Any]:
@@ -65,7 +36,7 @@ class CostCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.cost = empty_cost()
         if pl_module.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(pl_module.device)
+            reset_peak_gpu(pl_module.device)
         self._rss_reset = reset_peak_rss()
         self._rss_at_start = rss_mb("VmRSS")
 
@@ -94,7 +65,7 @@ class CostCallback(L.Callback):
         if self._rss_reset and self._rss_at_start is not None:
             self.cost["peak_rss_increase_mb"] = peak - self._rss_at_start
         if pl_module.device.type == "cuda":
-            self.cost["peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+            self.cost["peak_gpu_mem_mb"] = peak_gpu_mb(pl_module.device)
 
 
 def training_cost(trainer: L.Trainer) -> dict[str, Any]:

@@ -7,7 +7,8 @@ self-contained: summarization later turns raw teacher embeddings into targets ex
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -43,7 +44,11 @@ class SummarizerPretraining(L.LightningModule):
         warmup_ratio: float = 0.05,
         seed: int = 0,
         visible_sizes: list[int] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     ):
+        """`optimizer`: a partial taking the parameter groups (the `lit.optimizer` config); None =
+        AdamW with `lr`, `betas` and `weight_decay`. It is not a hyper-parameter: a checkpoint keeps
+        plain values only, and is rebuilt for inference without it."""
         super().__init__()
         if fusion_mode not in ("pca", "heads"):
             raise ValueError(f"fusion_mode must be 'pca' or 'heads', got {fusion_mode!r}")
@@ -53,7 +58,10 @@ class SummarizerPretraining(L.LightningModule):
             raise ValueError("fusion_mode='pca' needs fused_dim")
         if visible_sizes is not None and (not len(visible_sizes) or min(int(v) for v in visible_sizes) < 1):
             raise ValueError(f"visible_sizes must be positive patch counts, got {visible_sizes}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.make_optimizer = optimizer or partial(
+            torch.optim.AdamW, lr=lr, betas=tuple(betas), weight_decay=weight_decay
+        )
         self.teacher_names = list(teacher_dims)
         out_dims = {"fused": int(fused_dim)} if fusion_mode == "pca" else dict(teacher_dims)
         self.model = MaskedSummarizer(feature_dim, out_dims, **dict(model or {}))
@@ -163,19 +171,17 @@ class SummarizerPretraining(L.LightningModule):
 
     # --- optimisation --------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
+        """The optimiser over two groups (no weight decay for biases, norms and tokens), with a linear
+        warm-up over `warmup_ratio` of the steps, then a cosine down to `min_lr`, stepped per batch."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 or name.endswith("_token") else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-        )
+        opt = self.make_optimizer([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = max(1, int(self.hparams.warmup_ratio * total))
-        floor = self.hparams.min_lr / self.hparams.lr
+        floor = self.hparams.min_lr / opt.defaults["lr"]
 
         def lr_lambda(step: int) -> float:
             if step < warmup:

@@ -19,20 +19,20 @@ from wsisum.data.atomic import atomic_path
 from wsisum.data.output_faults import check_writable
 from wsisum.evaluate.aggregate import FULL, aggregate
 from wsisum.evaluate.paired import REFERENCE
+from wsisum.evaluate.results import METRICS_FILE
 from wsisum.report import cost, heatmaps, lesions, plots
-from wsisum.report.comparisons import paired_results, paired_sections
+from wsisum.report.comparisons import PairedResults, paired_results, paired_sections
 from wsisum.report.intrinsic_report import intrinsic_report
 from wsisum.report.render import Document, Figure, Section, to_html, to_markdown
 from wsisum.report.retrieval import TABLE_FILE as RETRIEVAL_TABLE
 from wsisum.report.retrieval import retrieval_section
-from wsisum.report.rundir import RESULTS_FILE, RunDir, load_results, load_retrieval, open_run_dir
+from wsisum.report.rundir import RunDir, load_results, load_retrieval, open_run_dir
 from wsisum.report.tables import RESULT_METRICS, Table, results_table
+from wsisum.run_layout import EVALUATE_DIR, REPORT_HTML, REPORT_MD, RESULTS_FILE
 from wsisum.sampling.cluster_cache import format_stats
 
 log = logging.getLogger(__name__)
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
 FIGURES = "figures"
 CSV_FILES = ("results_table.csv", "cost_storage.csv", "cost_mil.csv", "lesion_retention.csv")
 PAIRED_CSV = ("paired.csv", "retention.csv", "ablation.csv")  # from `comparisons.PairedResults.frames`
@@ -113,7 +113,7 @@ def run_section(run: RunDir, tasks: list[str]) -> Section:
 def results_section(agg: pd.DataFrame | None, figs: list[Path], metric: str) -> Section:
     sec = Section("Results", "results")
     if agg is None or agg.empty:
-        sec.blocks.append(f"No evaluation results yet (no `{RESULTS_FILE}` and no `evaluate/**/metrics.csv`).")
+        sec.blocks.append(f"No evaluation results yet (no `{RESULTS_FILE}` and no `{EVALUATE_DIR}/**/{METRICS_FILE}`).")
         return sec
     sec.blocks.append(
         "Test metrics, mean ± sample standard deviation (ddof 1) over (fold, seed) replicates, one row per "
@@ -195,6 +195,64 @@ def heatmap_section(budget: int | None, figs: list[Path], has_lesions: bool) -> 
     return sec
 
 
+def write_results(
+    run: RunDir, out: Path, fig_dir: Path, metric: str, candidate: str, written: dict[str, Path]
+) -> tuple[pd.DataFrame | None, list[Path], PairedResults | None, Path | None]:
+    """The results table, the metric-versus-budget plots and the paired comparisons with their plot
+    (None / [] without evaluations); the files written are added to `written`."""
+    df = load_results(run)
+    agg = None if df is None else aggregate(df)
+    if df is not None:
+        written["results"] = run.root / RESULTS_FILE
+        written["results_table"] = _write_csv(out / CSV_FILES[0], agg)
+    figs = plots.metric_vs_budget(agg, fig_dir, metric) if agg is not None else []
+    pair = paired_results(df, candidate, metric) if df is not None else None
+    for key, frame in (pair.frames() if pair is not None else {}).items():
+        if not frame.empty:
+            written[key] = _write_csv(out / f"{key}.csv", frame)
+    pair_fig = (
+        None if pair is None else plots.paired_difference_plot(pair.matrix, fig_dir / PAIRED_FIG, candidate, metric)
+    )
+    return agg, figs, pair, pair_fig
+
+
+def write_lesions(
+    run: RunDir, out: Path, fig_dir: Path, dataset_tasks: dict, small_lesion_patches: int, written: dict[str, Path]
+) -> tuple[pd.DataFrame | None, Path | None]:
+    """Lesion retention of the summaries and its plot, where the cohort has lesion ground truth."""
+    slide_lesions = lesions.collect_slide_lesions(run)
+    retention = lesions.retention_frame(slide_lesions, small_lesion_patches) if slide_lesions else None
+    lesion_fig = None
+    if retention is not None:
+        written["lesion_retention"] = _write_csv(out / CSV_FILES[3], retention)
+        lesion_fig = plots.lesion_retention_plot(
+            retention, fig_dir / "lesion_retention_vs_budget.png", dataset_tasks, small_lesion_patches
+        )
+    return retention, lesion_fig
+
+
+def remove_stale(out: Path, fig_dir: Path, all_figs: list[Path], written: dict[str, Path]) -> None:
+    """Remove outputs of an earlier report that this one no longer has (no data now)."""
+    keep = {p.resolve() for p in all_figs} | {p.resolve() for p in written.values()}
+    stale = [*fig_dir.glob("*.png"), *(out / name for name in (*CSV_FILES, *PAIRED_CSV, RETRIEVAL_TABLE))]
+    for path in stale:
+        if path.is_file() and path.resolve() not in keep:
+            path.unlink()
+
+
+def retrieval_and_intrinsic_sections(run: RunDir, out: Path, fig_dir: Path, written: dict[str, Path]) -> list[Section]:
+    """The retrieval section (where the study ran retrieval) and the intrinsic checks (where it has
+    summaries and its cohort); their files are added to `written`."""
+    sections = []
+    retrieval, retrieval_files = retrieval_section(load_retrieval(run), out, fig_dir)
+    if retrieval is not None:
+        sections.append(retrieval)
+    written |= retrieval_files
+    intrinsic_sections, intrinsic_csv = intrinsic_report(run, out)  # [] without summaries or cohort
+    written |= intrinsic_csv
+    return sections + intrinsic_sections
+
+
 def build_report(
     run_dir: str | Path,
     *,
@@ -219,19 +277,7 @@ def build_report(
     fig_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
-    df = load_results(run)
-    agg = None if df is None else aggregate(df)
-    if df is not None:
-        written["results"] = run.root / RESULTS_FILE
-        written["results_table"] = _write_csv(out / CSV_FILES[0], agg)
-    figs = plots.metric_vs_budget(agg, fig_dir, metric) if agg is not None else []
-    pair = paired_results(df, candidate, metric) if df is not None else None
-    for key, frame in (pair.frames() if pair is not None else {}).items():
-        if not frame.empty:
-            written[key] = _write_csv(out / f"{key}.csv", frame)
-    pair_fig = (
-        None if pair is None else plots.paired_difference_plot(pair.matrix, fig_dir / PAIRED_FIG, candidate, metric)
-    )
+    agg, figs, pair, pair_fig = write_results(run, out, fig_dir, metric, candidate, written)
 
     storage = cost.storage_costs(run)
     mil = cost.mil_costs(agg) if agg is not None else pd.DataFrame()
@@ -241,14 +287,7 @@ def build_report(
         written["cost_mil"] = _write_csv(out / CSV_FILES[2], mil)
 
     dataset_tasks = (run.manifest or {}).get("dataset_tasks") or {}
-    slide_lesions = lesions.collect_slide_lesions(run)
-    retention = lesions.retention_frame(slide_lesions, small_lesion_patches) if slide_lesions else None
-    lesion_fig = None
-    if retention is not None:
-        written["lesion_retention"] = _write_csv(out / CSV_FILES[3], retention)
-        lesion_fig = plots.lesion_retention_plot(
-            retention, fig_dir / "lesion_retention_vs_budget.png", dataset_tasks, small_lesion_patches
-        )
+    retention, lesion_fig = write_lesions(run, out, fig_dir, dataset_tasks, small_lesion_patches, written)
 
     hm_figs = heatmaps.write_heatmaps(run, fig_dir, heatmap_slides, hm_budget)
 
@@ -257,13 +296,7 @@ def build_report(
     sections = [*paired_sections(pair, pair_fig), results_section(agg, figs, metric), cost_section(storage, mil)]
     if retention is not None:
         sections.append(lesion_section(retention, lesion_fig, dataset_tasks, small_lesion_patches))
-    retrieval, retrieval_files = retrieval_section(load_retrieval(run), out, fig_dir)
-    if retrieval is not None:
-        sections.append(retrieval)
-    written |= retrieval_files
-    intrinsic_sections, intrinsic_csv = intrinsic_report(run, out)  # [] without summaries or cohort
-    written |= intrinsic_csv
-    sections += intrinsic_sections
+    sections += retrieval_and_intrinsic_sections(run, out, fig_dir, written)
     sections.append(heatmap_section(hm_budget, hm_figs, retention is not None))
     sections.append(run_section(run, tasks))
     has_full = agg is not None and (agg["sampler"] == FULL).any()
@@ -276,11 +309,7 @@ def build_report(
     all_figs = [*([pair_fig] if pair_fig else []), *figs, *([lesion_fig] if lesion_fig else []), *hm_figs]
     for p in all_figs:
         written[p.stem] = p
-    keep = {p.resolve() for p in all_figs} | {p.resolve() for p in written.values()}
-    stale = [*fig_dir.glob("*.png"), *(out / name for name in (*CSV_FILES, *PAIRED_CSV, RETRIEVAL_TABLE))]
-    for path in stale:  # outputs of an earlier report that this one no longer has (no data now)
-        if path.is_file() and path.resolve() not in keep:
-            path.unlink()
+    remove_stale(out, fig_dir, all_figs, written)
     written["markdown"] = _write_text(out / REPORT_MD, to_markdown(doc, out))
     written["html"] = _write_text(out / REPORT_HTML, to_html(doc))
     return written

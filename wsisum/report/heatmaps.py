@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from wsisum.data.bags import read_bag
 from wsisum.errors import InputError
 from wsisum.report.lesions import bag_morphology_names, lesion_mask, lesion_names
 from wsisum.report.rundir import RunDir, SummarySet, read_source_array
+from wsisum.run_layout import SUMMARIES_DIR
 
 TISSUE = (0.85, 0.85, 0.85)
 LESION = (0.98, 0.70, 0.70)
@@ -57,7 +59,7 @@ def heatmap_budget(run: RunDir, budget: int | None = None) -> int | None:
             budgets[s.budget] = budgets.get(s.budget, 0) + 1
     if budget is not None:
         if budget not in budgets:
-            raise InputError(run.root / "summaries", f"no summaries at budget {budget} (found {sorted(budgets)})")
+            raise InputError(run.root / SUMMARIES_DIR, f"no summaries at budget {budget} (found {sorted(budgets)})")
         return int(budget)
     if not budgets:
         return None
@@ -184,25 +186,28 @@ def lesion_rings(cells: np.ndarray, min_radius: float, join: float = 4.0) -> lis
     return rings
 
 
-def draw_heatmap(view: SlideView, budget: int, path: Path) -> Path:
-    import matplotlib
+@dataclass
+class SlideGrid:
+    """A slide's patch grid as an image: tissue (and ground-truth lesion) cells on white, and the
+    size of the square drawn for a kept patch."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.collections import PatchCollection
-    from matplotlib.colors import Normalize
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Circle, Patch, Rectangle
+    origin: np.ndarray
+    stride: int
+    width: int
+    height: int
+    image: np.ndarray
+    all_cells: np.ndarray
+    side: float
 
+    def cells(self, xy: np.ndarray) -> np.ndarray:
+        return np.rint((np.asarray(xy, dtype=float) - self.origin) / self.stride).astype(np.int64)
+
+
+def slide_grid(view: SlideView) -> SlideGrid:
     every = view.coords if view.coords is not None else np.concatenate([p.coords for p in view.panels])
     stride = view.stride or grid_stride(every)
     origin = every.min(axis=0)
-
-    def cells(xy: np.ndarray) -> np.ndarray:
-        return np.rint((np.asarray(xy, dtype=float) - origin) / stride).astype(np.int64)
-
-    g_all = cells(every)
+    g_all = np.rint((np.asarray(every, dtype=float) - origin) / stride).astype(np.int64)
     w, h = int(g_all[:, 0].max()) + 1, int(g_all[:, 1].max()) + 1
     img = np.ones((h, w, 3))
     if view.coords is not None:
@@ -211,52 +216,63 @@ def draw_heatmap(view: SlideView, budget: int, path: Path) -> Path:
             les = g_all[view.lesion]
             img[les[:, 1], les[:, 0]] = LESION
     side = max(1.0, max(w, h) / 70)  # kept squares stay visible on large grids
-    n_panels = len(view.panels)
-    panel_w = 4.2
-    panel_h = min(max(panel_w * (h + 2 * side) / (w + 2 * side), 1.5), 6.5)
-    fig, axes = plt.subplots(1, n_panels, figsize=(panel_w * n_panels + 0.6, panel_h + 1.5), squeeze=False)
-    any_scores = False
-    n_lesion = 0 if view.lesion is None or view.coords is None else int(view.lesion.sum())
-    circle_lesions = 0 < n_lesion <= SMALL_LESION_CELLS
-    for ax, p in zip(axes[0], view.panels):
-        ax.imshow(img, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-        g = cells(p.coords)
-        lesion_kept = (
-            view.lesion[p.indices] if view.lesion is not None and p.indices is not None else np.zeros(len(g), bool)
-        )
-        rects = [Rectangle((x - side / 2, y - side / 2), side, side) for x, y in g]
-        if p.scores is not None and len(p.scores) == len(g):
-            any_scores = True
-            lo, hi = float(np.nanmin(p.scores)), float(np.nanmax(p.scores))
-            if not math.isfinite(lo) or hi <= lo:
-                lo, hi = lo - 0.5, lo + 0.5
-            norm = Normalize(lo, hi)
-            faces = plt.get_cmap("viridis")(norm(p.scores))
-            sm = ScalarMappable(norm=norm, cmap="viridis")
-            cax = ax.inset_axes((1.02, 0.0, 0.035, 1.0))
-            cbar = fig.colorbar(sm, cax=cax)
-            cbar.set_label("score", fontsize=8)
-            cbar.ax.tick_params(labelsize=7)
-        else:
-            faces = [KEPT] * len(g)
-        edges = [KEPT_LESION_EDGE if les else "black" for les in lesion_kept]
-        widths = [1.6 if les else 0.5 for les in lesion_kept]
-        ax.add_collection(PatchCollection(rects, facecolors=faces, edgecolors=edges, linewidths=widths))
-        if circle_lesions:
-            rings = [Circle(c, r) for c, r in lesion_rings(g_all[view.lesion], max(1.5, 1.6 * side))]
-            ax.add_collection(PatchCollection(rings, facecolors="none", edgecolors=KEPT_LESION_EDGE, linewidths=1.0))
-        ax.set_xlim(-0.5 - side, w - 0.5 + side)
-        ax.set_ylim(h - 0.5 + side, -0.5 - side)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        n_src = len(view.coords) if view.coords is not None else None
-        title = f"{p.sampler}: {len(g)}" + (f" of {n_src} kept" if n_src else " kept")
-        if view.lesion is not None and p.indices is not None:
-            title += f"\nlesion patches kept: {int(lesion_kept.sum())} of {int(view.lesion.sum())}"
-        ax.set_title(title, fontsize=9)
-    label = f", label {view.label}" if view.label else ""
-    fig.suptitle(f"{view.slide_id} ({view.dataset}{label}), budget {budget}", fontsize=11)
+    return SlideGrid(origin, stride, w, h, img, g_all, side)
+
+
+def score_faces(fig: Any, ax: Any, scores: np.ndarray) -> np.ndarray:
+    """Viridis colours of the kept patches' scores, with a colour bar beside the panel."""
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    lo, hi = float(np.nanmin(scores)), float(np.nanmax(scores))
+    if not math.isfinite(lo) or hi <= lo:
+        lo, hi = lo - 0.5, lo + 0.5
+    norm = Normalize(lo, hi)
+    cax = ax.inset_axes((1.02, 0.0, 0.035, 1.0))
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), cax=cax)
+    cbar.set_label("score", fontsize=8)
+    cbar.ax.tick_params(labelsize=7)
+    return plt.get_cmap("viridis")(norm(scores))
+
+
+def draw_panel(fig: Any, ax: Any, view: SlideView, panel: Panel, grid: SlideGrid, circle_lesions: bool) -> bool:
+    """One sampler's kept patches over the slide; True when the squares are coloured by score."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Circle, Rectangle
+
+    w, h, side = grid.width, grid.height, grid.side
+    ax.imshow(grid.image, interpolation="nearest", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    g = grid.cells(panel.coords)
+    lesion_kept = (
+        view.lesion[panel.indices] if view.lesion is not None and panel.indices is not None else np.zeros(len(g), bool)
+    )
+    rects = [Rectangle((x - side / 2, y - side / 2), side, side) for x, y in g]
+    scored = panel.scores is not None and len(panel.scores) == len(g)
+    faces = score_faces(fig, ax, panel.scores) if scored else [KEPT] * len(g)
+    edges = [KEPT_LESION_EDGE if les else "black" for les in lesion_kept]
+    widths = [1.6 if les else 0.5 for les in lesion_kept]
+    ax.add_collection(PatchCollection(rects, facecolors=faces, edgecolors=edges, linewidths=widths))
+    if circle_lesions:
+        rings = [Circle(c, r) for c, r in lesion_rings(grid.all_cells[view.lesion], max(1.5, 1.6 * side))]
+        ax.add_collection(PatchCollection(rings, facecolors="none", edgecolors=KEPT_LESION_EDGE, linewidths=1.0))
+    ax.set_xlim(-0.5 - side, w - 0.5 + side)
+    ax.set_ylim(h - 0.5 + side, -0.5 - side)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    n_src = len(view.coords) if view.coords is not None else None
+    title = f"{panel.sampler}: {len(g)}" + (f" of {n_src} kept" if n_src else " kept")
+    if view.lesion is not None and panel.indices is not None:
+        title += f"\nlesion patches kept: {int(lesion_kept.sum())} of {int(view.lesion.sum())}"
+    ax.set_title(title, fontsize=9)
+    return scored
+
+
+def legend_handles(view: SlideView, circle_lesions: bool, n_lesion: int, any_scores: bool) -> list:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     handles = []
     if view.coords is not None:
         handles.append(Patch(facecolor=TISSUE, label="patch of the slide"))
@@ -280,6 +296,28 @@ def draw_heatmap(view: SlideView, budget: int, path: Path) -> Path:
     )
     if view.lesion is not None:
         handles.append(Patch(facecolor="white", edgecolor=KEPT_LESION_EDGE, linewidth=1.6, label="kept lesion patch"))
+    return handles
+
+
+def draw_heatmap(view: SlideView, budget: int, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = slide_grid(view)
+    n_panels = len(view.panels)
+    panel_w = 4.2
+    panel_h = min(max(panel_w * (grid.height + 2 * grid.side) / (grid.width + 2 * grid.side), 1.5), 6.5)
+    fig, axes = plt.subplots(1, n_panels, figsize=(panel_w * n_panels + 0.6, panel_h + 1.5), squeeze=False)
+    n_lesion = 0 if view.lesion is None or view.coords is None else int(view.lesion.sum())
+    circle_lesions = 0 < n_lesion <= SMALL_LESION_CELLS
+    any_scores = False
+    for ax, panel in zip(axes[0], view.panels):
+        any_scores |= draw_panel(fig, ax, view, panel, grid, circle_lesions)
+    label = f", label {view.label}" if view.label else ""
+    fig.suptitle(f"{view.slide_id} ({view.dataset}{label}), budget {budget}", fontsize=11)
+    handles = legend_handles(view, circle_lesions, n_lesion, any_scores)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     with atomic_path(path) as tmp:

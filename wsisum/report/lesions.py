@@ -2,8 +2,10 @@
 
 A synthetic bag has a per-patch `morphology` (N,) code; the cohort's `cohort.json` names the codes
 (`morphologies`) and which of them are lesions (`lesion_morphologies`, per task). A bag's own
-`morphology_names` attr, where present, overrides the names. A slide is lesion-positive when at least
-one of its patches is a lesion. For each dataset × sampler × budget the report gives
+`morphology_names` attr, where present, overrides the names; without a manifest, every name outside
+the background vocabulary is a lesion. These names are `wsisum.data.ground_truth`'s, which the
+synthetic writer uses too: the report reads the cohort's files, never the generator. A slide is
+lesion-positive when at least one of its patches is a lesion. For each dataset × sampler × budget the report gives
 
 - `hit_rate`: the fraction of lesion-positive slides whose summary kept at least one lesion patch;
 - `small_hit_rate`: the same over slides whose lesion has at most `small` patches (ITC-like), where
@@ -29,8 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wsisum.data.hdf5 import open_h5
-from wsisum.data.synthetic import BACKGROUND_MORPHOLOGIES
+from wsisum.data.ground_truth import (
+    BACKGROUND_MORPHOLOGIES,
+    MANIFEST_LESIONS,
+    MANIFEST_MORPHOLOGIES,
+    MORPHOLOGY_NAMES_ATTR,
+)
+from wsisum.data.hdf5 import reading_h5
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import FULL
 from wsisum.report.rundir import RunDir
@@ -79,10 +86,10 @@ def lesion_names(
     manifest: Mapping[str, Any] | None, bag_names: Sequence[str] | None
 ) -> tuple[list[str], set[str]] | None:
     """(code -> name list, lesion names) from the manifest and/or a bag's `morphology_names`; None if unknown."""
-    names = list(bag_names) if bag_names else list((manifest or {}).get("morphologies") or [])
+    names = list(bag_names) if bag_names else list((manifest or {}).get(MANIFEST_MORPHOLOGIES) or [])
     if not names:
         return None
-    per_task = (manifest or {}).get("lesion_morphologies")
+    per_task = (manifest or {}).get(MANIFEST_LESIONS)
     if isinstance(per_task, Mapping) and per_task:
         lesions = {str(n) for v in per_task.values() for n in v}
     else:  # no manifest: every morphology that is not background tissue
@@ -110,7 +117,7 @@ def slide_lesion(mask: np.ndarray, indices: np.ndarray) -> tuple[int, int]:
 
 
 def bag_morphology_names(attrs: Mapping[str, Any]) -> list[str] | None:
-    raw = attrs.get("morphology_names")
+    raw = attrs.get(MORPHOLOGY_NAMES_ATTR)
     if not raw:
         return None
     try:
@@ -123,15 +130,10 @@ def bag_morphology_names(attrs: Mapping[str, Any]) -> list[str] | None:
 def summary_indices(path: str | Path) -> np.ndarray:
     """The `indices` (K,) into the source bag that every summary bag records (nothing else is read:
     a report reads thousands of summaries)."""
-    try:
-        with open_h5(path) as f:
-            if "indices" not in f:
-                raise InputError(path, "no 'indices' dataset: cannot tell which source patches were kept")
-            return np.asarray(f["indices"][()], dtype=np.int64).reshape(-1)
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {err}") from None
+    with reading_h5(path) as f:
+        if "indices" not in f:
+            raise InputError(path, "no 'indices' dataset: cannot tell which source patches were kept")
+        return np.asarray(f["indices"][()], dtype=np.int64).reshape(-1)
 
 
 def slide_label(attrs: Mapping[str, Any]) -> str | None:

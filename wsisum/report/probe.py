@@ -23,6 +23,7 @@ from scipy.special import softmax
 from scipy.stats import rankdata
 
 from wsisum.data.labels import read_labels
+from wsisum.data.layouts import LABELS_DIR, SPLITS_DIR
 from wsisum.data.splits import read_split, split_files
 from wsisum.errors import InputError
 from wsisum.evaluate.results import FULL
@@ -114,13 +115,13 @@ def probe_auroc(
 
 def probe_tasks(cohort_root: Path) -> dict[str, tuple[Path, Path]]:
     """Task -> (labels CSV, splits dir) for every `labels/<task>.csv` that has `splits/<task>/`."""
-    labels_dir = cohort_root / "labels"
+    labels_dir = cohort_root / LABELS_DIR
     if not labels_dir.is_dir():
         return {}
     return {
-        p.stem: (p, cohort_root / "splits" / p.stem)
+        p.stem: (p, cohort_root / SPLITS_DIR / p.stem)
         for p in sorted(labels_dir.glob("*.csv"))
-        if (cohort_root / "splits" / p.stem).is_dir()
+        if (cohort_root / SPLITS_DIR / p.stem).is_dir()
     }
 
 

@@ -1,4 +1,4 @@
-"""What a study's run directory holds, found on disk rather than configured.
+"""What a study's run directory holds (names: `wsisum.run_layout`), found on disk rather than configured.
 
     RUN_DIR/study.json                                   {"cohort_root": ..., "stages": ..., "config": ..., "timings_s": ...}
     RUN_DIR/summaries/<sampler>_<budget>/<dataset>/<slide_id>.h5
@@ -23,29 +23,25 @@ import numpy as np
 import pandas as pd
 
 from wsisum.data.atomic import TMP_PREFIX
-from wsisum.data.hdf5 import open_h5
+from wsisum.data.ground_truth import MANIFEST_NAME, MORPHOLOGY_DATASET
+from wsisum.data.hdf5 import read_h5_header, reading_h5
+from wsisum.data.layouts import BAG_DIR
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import collect
 from wsisum.evaluate.results import find_metrics, write_metrics
+from wsisum.run_layout import (
+    EVALUATE_DIR,
+    REPORT_DIR,
+    RESULTS_FILE,
+    RETRIEVAL_FILE,
+    RETRIEVE_DIR,
+    STUDY_FILE,
+    SUMMARIES_DIR,
+    parse_summary_set_name,
+    summary_set_name,
+)
 
 log = logging.getLogger(__name__)
-
-STUDY_FILE = "study.json"
-SUMMARIES_DIR = "summaries"
-EVALUATE_DIR = "evaluate"
-RESULTS_FILE = "results.csv"
-RETRIEVE_DIR = "retrieve"
-RETRIEVAL_FILE = "retrieval.csv"
-MANIFEST_FILE = "cohort.json"
-BAG_DIR = "h5_files"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,7 @@ class SummarySet:
 
     @property
     def name(self) -> str:
-        return f"{self.sampler}_{'auto' if self.budget is None else self.budget}"
+        return summary_set_name(self.sampler, self.budget)
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ class RunDir:
 
     @property
     def report_dir(self) -> Path:
-        return self.root / "report"
+        return self.root / REPORT_DIR
 
     def source_path(self, f: SummaryFile) -> Path | None:
         """The full bag a summary was drawn from: its recorded `source`, else the contract layout."""
@@ -135,7 +131,7 @@ class RunDir:
         if not src.has_morphology:
             return None
         if src.path not in self._morphology:
-            self._morphology[src.path] = read_source_array(src.path, "morphology")
+            self._morphology[src.path] = read_source_array(src.path, MORPHOLOGY_DATASET)
         return self._morphology[src.path]
 
 
@@ -166,16 +162,9 @@ def resolve_cohort_root(value: str | None, run_root: Path) -> Path | None:
 
 
 def _summary_header(path: Path, dataset: str) -> tuple[SummaryFile, dict[str, Any]]:
-    try:
-        with open_h5(path) as f:
-            if "features" not in f:
-                raise InputError(path, "no 'features' dataset: not a summary bag")
-            n_kept = int(f["features"].shape[0])
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {err}") from None
+    header = read_h5_header(path, attrs=True)
+    n_kept = int(header.require("features", "no 'features' dataset: not a summary bag").shape[0])
+    attrs = header.attrs
     n_source = attrs.get("n_source")
     source = attrs.get("source")
     rec = SummaryFile(
@@ -188,13 +177,6 @@ def _summary_header(path: Path, dataset: str) -> tuple[SummaryFile, dict[str, An
         nbytes=path.stat().st_size,
     )
     return rec, attrs
-
-
-def _parse_set_name(name: str) -> tuple[str, int | None] | None:
-    sampler, _, budget = name.rpartition("_")
-    if sampler and (budget.isdigit() or budget == "auto"):
-        return sampler, None if budget == "auto" else int(budget)
-    return None
 
 
 def _budget_attr(value: object) -> int | None:
@@ -216,7 +198,7 @@ def scan_summary_set(path: Path) -> SummarySet | None:
     if not files:
         log.warning("%s: no summary bags, left out of the report", path)
         return None
-    recipe = recipe or _parse_set_name(path.name)
+    recipe = recipe or parse_summary_set_name(path.name)
     if recipe is None:
         log.warning("%s: neither bag attrs nor the folder name (<sampler>_<budget>) say the recipe", path)
         return None
@@ -225,41 +207,30 @@ def scan_summary_set(path: Path) -> SummarySet | None:
 
 def read_source_header(path: Path) -> SourceBag:
     """Size, grid stride, attrs and which per-patch arrays a full bag has (no array is read)."""
-    try:
-        with open_h5(path) as f:
-            if "features" not in f:
-                raise InputError(path, "no 'features' dataset")
-            n = int(f["features"].shape[0])
-            has_coords = "coords" in f and f["coords"].shape == (n, 2)
-            stride = f["coords"].attrs.get("patch_size_level0") if has_coords else None
-            has_morph = "morphology" in f and f["morphology"].shape == (n,)
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"unreadable HDF5 file (truncated or corrupt?): {err}") from None
-    stride = None if stride is None else int(_plain(stride))
-    return SourceBag(path, n, path.stat().st_size, stride, has_coords, has_morph, attrs)
+    header = read_h5_header(path, ("features", "coords", MORPHOLOGY_DATASET), attrs=True, dataset_attrs=("coords",))
+    n = int(header.require("features", "no 'features' dataset").shape[0])
+    coords = header.datasets.get("coords")
+    has_coords = coords is not None and coords.shape == (n, 2)
+    stride = coords.attrs.get("patch_size_level0") if has_coords else None
+    morphology = header.datasets.get(MORPHOLOGY_DATASET)
+    has_morph = morphology is not None and morphology.shape == (n,)
+    stride = None if stride is None else int(stride)
+    return SourceBag(path, n, path.stat().st_size, stride, has_coords, has_morph, header.attrs)
 
 
 def read_source_array(path: Path, name: str) -> np.ndarray:
     """One per-patch dataset (`coords`, `morphology`) of a bag, without its features."""
-    try:
-        with open_h5(path) as f:
-            return f[name][()]
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
-        raise InputError(path, f"cannot read '{name}': {err}") from None
+    with reading_h5(path, f"cannot read '{name}'") as f:
+        return f[name][()]
 
 
 def _read_manifest(cohort_root: Path | None) -> dict[str, Any] | None:
-    if cohort_root is None or not (cohort_root / MANIFEST_FILE).is_file():
+    if cohort_root is None or not (cohort_root / MANIFEST_NAME).is_file():
         return None
     try:
-        data = json.loads((cohort_root / MANIFEST_FILE).read_text(encoding="utf-8"))
+        data = json.loads((cohort_root / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        log.warning("%s: unreadable, lesion ground truth taken from the bags alone", cohort_root / MANIFEST_FILE)
+        log.warning("%s: unreadable, lesion ground truth taken from the bags alone", cohort_root / MANIFEST_NAME)
         return None
     return data if isinstance(data, dict) else None
 

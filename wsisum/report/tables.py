@@ -1,5 +1,5 @@
-"""A small table type that renders the same cells to Markdown and to HTML; the results table and the
-paired tables (winner matrix, ablation, retention of `wsisum.evaluate.paired`).
+"""A small table type that renders the same cells to Markdown (`wsisum.markdown.pipe_table`, the
+renderer of `aggregate.md` too) and to HTML; the results table and the paired tables (winner matrix, ablation, retention of `wsisum.evaluate.paired`).
 
 The results table is `wsisum.evaluate.aggregate.markdown_table` (mean ± sample std over folds, the
 full-bag row first in each task), read back into cells, so the report and `aggregate.md` of a
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from wsisum.evaluate.aggregate import FULL, markdown_table
+from wsisum.markdown import parse_pipe_table, pipe_table
 
 RESULT_METRICS = ("test_auroc", "test_balanced_accuracy", "test_f1_macro")
 HEADERS = {
@@ -45,12 +46,11 @@ class Table:
         def esc(s: str) -> str:
             return s.replace("|", "\\|")
 
-        lines = ["| " + " | ".join(esc(c) for c in self.columns) + " |"]
-        lines.append("|" + "".join("---:|" if j in self.numeric else "---|" for j in range(len(self.columns))))
-        for i, row in enumerate(self.rows):
-            cells = [f"**{esc(c)}**" if (i, j) in self.strong and c else esc(c) for j, c in enumerate(row)]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+        rows = [
+            [f"**{esc(c)}**" if (i, j) in self.strong and c else esc(c) for j, c in enumerate(row)]
+            for i, row in enumerate(self.rows)
+        ]
+        return pipe_table([esc(c) for c in self.columns], rows, self.numeric)
 
     def to_html(self) -> str:
         out = ["<table>", "<thead><tr>"]
@@ -71,18 +71,6 @@ class Table:
         return "".join(out)
 
 
-def parse_markdown_table(text: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a pipe table as `markdown_table` writes it (no escaped pipes inside)."""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    if not lines:
-        return [], []
-
-    def cells(line: str) -> list[str]:
-        return [c.strip() for c in line.strip().strip("|").split("|")]
-
-    return cells(lines[0]), [cells(ln) for ln in lines[2:]]
-
-
 def budget_label(sampler: str, budget: str) -> str:
     return "all" if sampler == FULL and not budget else budget
 
@@ -100,7 +88,7 @@ def _best_keys(agg: pd.DataFrame, metric: str) -> set[tuple[str, str, str, str]]
 
 def results_table(agg: pd.DataFrame, metrics: Sequence[str] = RESULT_METRICS) -> Table:
     """task × MIL × sampler × budget, mean ± std over folds of the test metrics, full bags first."""
-    head, rows = parse_markdown_table(markdown_table(agg, metrics))
+    head, rows = parse_pipe_table(markdown_table(agg, metrics))
     idx = {c: j for j, c in enumerate(head)}
     best = _best_keys(agg, BEST_BY)
     table = Table([HEADERS.get(c, c) for c in head], [])

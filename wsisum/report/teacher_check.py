@@ -20,11 +20,11 @@ from wsisum.data.cohort import Cohort
 from wsisum.data.embeddings import read_embedding
 from wsisum.errors import InputError
 from wsisum.report.rundir import RunDir
+from wsisum.run_layout import TRAIN_DIR, checkpoint_dir, chosen_checkpoint
 from wsisum.seeding import rng_for
 
 log = logging.getLogger(__name__)
 
-TRAIN_CHECKPOINTS = ("train", "checkpoints")
 FULL_MAX_PATCHES = 512
 
 
@@ -32,7 +32,7 @@ def find_checkpoint(run: RunDir) -> Path | None:
     """The study's summarizer: the checkpoint a wsisum summary names (attr `checkpoint`) when it is in
     RUN_DIR/train/checkpoints/, else the pipeline's choice (last best-*.ckpt, else last.ckpt, else the
     newest); None when there is none."""
-    ckpt_dir = run.root.joinpath(*TRAIN_CHECKPOINTS)
+    ckpt_dir = checkpoint_dir(run.root / TRAIN_DIR)
     found = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
     if not found:
         return None
@@ -49,12 +49,8 @@ def find_checkpoint(run: RunDir) -> Path | None:
         named = named.decode() if isinstance(named, bytes) else named
         if named and (ckpt_dir / str(named)).is_file():
             return ckpt_dir / str(named)
-    best = [p for p in found if p.name.startswith("best-")]
-    if best:
-        return best[-1]
-    if (ckpt_dir / "last.ckpt").is_file():
-        return ckpt_dir / "last.ckpt"
-    return max(found, key=lambda p: p.stat().st_mtime)
+    chosen = chosen_checkpoint(run.root / TRAIN_DIR)
+    return chosen if chosen.is_file() else max(found, key=lambda p: p.stat().st_mtime)
 
 
 class TeacherCheck:

@@ -36,6 +36,7 @@ from wsisum.data.bags import read_bag
 from wsisum.data.cohort import Cohort, file_identity
 from wsisum.data.datamodules import scan_bags
 from wsisum.data.hdf5 import open_h5
+from wsisum.data.layouts import BAG_DIR
 from wsisum.errors import InputError
 from wsisum.seeding import rng_for
 
@@ -81,7 +82,7 @@ def index_path(index_dir: str | Path, bag_dir: str | Path, max_patches: int | No
     """One file per (bag directory, cap, seed): readable name plus a hash of the resolved path."""
     bag_dir = Path(bag_dir).expanduser().resolve()
     key = hashlib.sha1(f"{bag_dir}|{max_patches}|{seed}".encode()).hexdigest()[:12]
-    name = bag_dir.parent.name if bag_dir.name == "h5_files" else bag_dir.name
+    name = bag_dir.parent.name if bag_dir.name == BAG_DIR else bag_dir.name
     return Path(index_dir).expanduser() / f"{name}-{key}.h5"
 
 

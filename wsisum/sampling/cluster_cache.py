@@ -28,7 +28,6 @@ from wsisum.sampling.rare import outlier_scores, rarity_weights, weighted_farthe
 
 log = logging.getLogger(__name__)
 STATS: Counter = Counter()  # kmeans_computed, kmeans_reused, rare_computed, rare_reused (this process)
-CLUSTERS_DIR = "clusters"  # under a stage's cache_dir: one folder for the whole study
 MEMORY_ENTRIES = 1024  # recent entries kept in memory (the disk holds the rest)
 VERSION = 1  # bump when what an entry holds changes
 

@@ -14,7 +14,8 @@ import numpy as np
 
 import wsisum
 from wsisum.data.bags import Bag, write_bag
-from wsisum.data.hdf5 import open_h5
+from wsisum.data.hdf5 import open_h5, plain_attrs
+from wsisum.data.markers import changed_keys
 from wsisum.sampling.base import Selection
 
 RECIPE_KEYS = ("sampler", "budget", "seed")
@@ -51,22 +52,25 @@ def write_summary(path: str | Path, bag: Bag, selection: Selection, recipe: dict
 
 
 def existing_recipe(path: str | Path) -> dict[str, Any] | None:
-    """The recipe attrs of a finished summary, or None when there is none (or it is unreadable)."""
+    """The recipe attrs of a finished summary, or None when there is none (or it is unreadable).
+
+    A summary is its own "done" marker: its recipe is in its attrs, written with it atomically. Not
+    `read_h5_header`: an unreadable file here is not an error but a summary still to be written
+    (h5py's OSError), while a file that another process is writing stays one (`open_h5`'s line).
+    """
     try:
         with open_h5(path) as f:
             if "indices" not in f:
                 return None
-            return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            return plain_attrs(f.attrs)
     except OSError:
         return None
 
 
 def recipe_mismatch(found: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     """Name the first recipe key that differs, so a re-run never silently mixes two recipes."""
-    for k in RECIPE_KEYS:
-        if k in wanted and str(found.get(k)) != str(wanted[k]):
-            return f"{k}={found.get(k)} (this run: {wanted[k]})"
-    return None
+    changed = changed_keys(found, wanted, [k for k in RECIPE_KEYS if k in wanted], as_text=True)
+    return f"{changed[0]}={found.get(changed[0])} (this run: {wanted[changed[0]]})" if changed else None
 
 
 def existing_conflict(path: str | Path, wanted: dict[str, Any]) -> tuple[bool, str | None]:

@@ -17,6 +17,8 @@ import numpy as np
 from wsisum.data.atomic import atomic_path
 from wsisum.errors import InputError
 
+FUSION_FILE = "teacher_fusion.npz"  # the fitted fusion, in a pretraining run's directory
+
 
 @dataclass
 class TeacherFusion:
@@ -132,3 +134,16 @@ def fit_fusion(
         var = s**2
         fusion.explained_variance_ratio = (var[:k] / max(var.sum(), 1e-12)).astype(np.float32)
     return fusion
+
+
+def fit_training_fusion(
+    teacher_paths: Mapping[str, Sequence[Path | None]],
+    embeddings: Mapping[Path, np.ndarray],
+    mode: str = "heads",
+    out_dim: int | None = None,
+) -> TeacherFusion:
+    """The fusion of a pretraining run, fitted on its training slides only: `teacher_paths[t][i]` is
+    training slide i's teacher-t file (None when missing), `embeddings` every usable file's vector as
+    read once at setup (`PretrainDataModule.embeddings`); `out_dim` None = 768."""
+    vectors = {t: [embeddings[p] if p else None for p in ps] for t, ps in teacher_paths.items()}
+    return fit_fusion(vectors, mode=mode, out_dim=out_dim or 768)

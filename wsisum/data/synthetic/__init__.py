@@ -26,6 +26,7 @@ marker names), `writer` (bags, embeddings, CSVs), `manifest` (cohort.json and th
 
 from __future__ import annotations
 
+from wsisum.data.ground_truth import BACKGROUND_MORPHOLOGIES, MANIFEST_NAME
 from wsisum.data.synthetic.atlas import Atlas, Teacher, build_atlas
 from wsisum.data.synthetic.cohort import generate_cohort
 from wsisum.data.synthetic.geometry import (
@@ -40,7 +41,6 @@ from wsisum.data.synthetic.layout import (
     GENERATOR,
     GENERATOR_VERSION,
     LAYOUT_DIRS,
-    MANIFEST_NAME,
     MARKER_NAME,
     bag_path,
     embedding_path,
@@ -60,7 +60,6 @@ from wsisum.data.synthetic.slide import (
     teacher_embedding,
 )
 from wsisum.data.synthetic.spec import (
-    BACKGROUND_MORPHOLOGIES,
     BRACS_NAMES,
     BRCA_CLASSES,
     CAMELYON_CLASSES,

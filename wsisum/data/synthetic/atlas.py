@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsisum.data.ground_truth import BACKGROUND_MORPHOLOGIES
 from wsisum.data.synthetic.seeds import stream_rng
-from wsisum.data.synthetic.spec import BACKGROUND_MORPHOLOGIES, Preset, TeacherSpec, morphology_names
+from wsisum.data.synthetic.spec import Preset, TeacherSpec, morphology_names
 
 # Typical weight of each content part in a teacher (composition, lesion fraction, lesion latent, mean
 # feature); every teacher jitters these, so teachers differ in what they are good at.

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from wsisum.data.atomic import remove_stale_temps
+from wsisum.data.ground_truth import MANIFEST_NAME
 from wsisum.data.synthetic.atlas import build_atlas
-from wsisum.data.synthetic.layout import MANIFEST_NAME, MARKER_NAME, bag_path, embedding_path, expected_files
+from wsisum.data.synthetic.layout import MARKER_NAME, bag_path, embedding_path, expected_files
 from wsisum.data.synthetic.manifest import build_manifest, prepare_dir, run_identity, write_json
 from wsisum.data.synthetic.plan import plan_dataset
 from wsisum.data.synthetic.preset import parse_preset

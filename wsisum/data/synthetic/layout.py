@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from wsisum.data.layouts import BAG_DIR, EMBEDDINGS_DIR, LABELS_DIR, SPLITS_DIR
 from wsisum.data.synthetic.plan import SlidePlan
 from wsisum.data.synthetic.spec import Preset
 
@@ -16,19 +17,26 @@ from wsisum.data.synthetic.spec import Preset
 # the former single module on purpose: changing it would refuse every existing cohort.
 GENERATOR = "wsisum.data.synthetic"
 GENERATOR_VERSION = 1
-MANIFEST_NAME = "cohort.json"
 # Written first and kept: marks the directory as ours, so a resume can check preset/seed before
 # cohort.json exists and `overwrite` never deletes a cohort that some other tool wrote.
 MARKER_NAME = ".wsisum-synth.json"
-LAYOUT_DIRS = ("h5_files", "slide_embeddings", "labels", "splits")
+LAYOUT_DIRS = (BAG_DIR, EMBEDDINGS_DIR, LABELS_DIR, SPLITS_DIR)
 
 
 def bag_path(out_dir: Path, plan: SlidePlan) -> Path:
-    return out_dir / "h5_files" / plan.dataset / f"{plan.slide_id}.h5"
+    return out_dir / BAG_DIR / plan.dataset / f"{plan.slide_id}.h5"
 
 
 def embedding_path(out_dir: Path, plan: SlidePlan, teacher: str) -> Path:
-    return out_dir / "slide_embeddings" / plan.dataset / teacher / f"{plan.slide_id}.h5"
+    return out_dir / EMBEDDINGS_DIR / plan.dataset / teacher / f"{plan.slide_id}.h5"
+
+
+def labels_path(out_dir: Path, task: str) -> Path:
+    return out_dir / LABELS_DIR / f"{task}.csv"
+
+
+def split_path(out_dir: Path, task: str, fold: int) -> Path:
+    return out_dir / SPLITS_DIR / task / f"splits_{fold}.csv"
 
 
 def expected_files(out_dir: Path, preset: Preset, plans: Mapping[str, list[SlidePlan]]) -> list[Path]:
@@ -38,6 +46,6 @@ def expected_files(out_dir: Path, preset: Preset, plans: Mapping[str, list[Slide
         for p in plans[spec.name]:
             files.append(bag_path(out_dir, p))
             files += [embedding_path(out_dir, p, t.name) for t in preset.teachers]
-        files.append(out_dir / "labels" / f"{spec.task}.csv")
-        files += [out_dir / "splits" / spec.task / f"splits_{k}.csv" for k in range(preset.n_folds)]
+        files.append(labels_path(out_dir, spec.task))
+        files += [split_path(out_dir, spec.task, k) for k in range(preset.n_folds)]
     return files

@@ -6,14 +6,14 @@ which preset and seed it holds at any point, and a resume never mixes two cohort
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wsisum.data.atomic import atomic_path
-from wsisum.data.synthetic.layout import GENERATOR, GENERATOR_VERSION, LAYOUT_DIRS, MANIFEST_NAME, MARKER_NAME
+from wsisum.data.ground_truth import MANIFEST_LESIONS, MANIFEST_MORPHOLOGIES, MANIFEST_NAME
+from wsisum.data.markers import changed_keys, read_marker, write_marker
+from wsisum.data.synthetic.layout import GENERATOR, GENERATOR_VERSION, LAYOUT_DIRS, MARKER_NAME
 from wsisum.data.synthetic.plan import SlidePlan
 from wsisum.data.synthetic.spec import Preset, morphology_names
 from wsisum.errors import InputError
@@ -48,12 +48,12 @@ def build_manifest(preset_raw: dict, preset: Preset, seed: int, plans: Mapping[s
         "feature_dtype": preset.feature_dtype,
         "patch_size": preset.patch_size,
         "patch_size_level0": preset.patch_size_level0,
-        "morphologies": list(names),
+        MANIFEST_MORPHOLOGIES: list(names),
         "datasets": {s.name: [p.slide_id for p in plans[s.name]] for s in preset.datasets},
         "dataset_tasks": {s.name: s.task for s in preset.datasets},
         "tasks": {s.task: list(s.classes) for s in preset.datasets},
         "task_kinds": {s.task: s.kind for s in preset.datasets},
-        "lesion_morphologies": {s.task: list(s.lesion_morphologies) for s in preset.datasets},
+        MANIFEST_LESIONS: {s.task: list(s.lesion_morphologies) for s in preset.datasets},
         "teachers": {t.name: t.dim for t in preset.teachers},
         "teacher_norms": {t.name: t.norm for t in preset.teachers},
         "n_folds": preset.n_folds,
@@ -68,22 +68,13 @@ def build_manifest(preset_raw: dict, preset: Preset, seed: int, plans: Mapping[s
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Atomic, so a crash never leaves a half-written marker or manifest."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    """The marker or manifest, pretty-printed; atomic, so a crash never leaves a half-written one."""
+    write_marker(path, obj, indent=2)
 
 
 def _read_json(path: Path) -> dict | None:
     """The marker or manifest, None when absent; a damaged one is an error, never silently replaced."""
-    if not path.is_file():
-        return None
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"unreadable ({err}); delete it or choose a fresh out_dir") from None
-    if not isinstance(obj, dict):
-        raise InputError(path, "is not a wsisum-synth manifest; choose a fresh out_dir")
-    return obj
+    return read_marker(path, fix="delete it or choose a fresh out_dir", kind="wsisum-synth manifest")
 
 
 def run_identity(preset_raw: dict, seed: int) -> dict:
@@ -92,7 +83,7 @@ def run_identity(preset_raw: dict, seed: int) -> dict:
 
 
 def _same_run(meta: Mapping[str, Any], preset_raw: dict, seed: int) -> bool:
-    return all(meta.get(k) == v for k, v in run_identity(preset_raw, seed).items())
+    return not changed_keys(meta, run_identity(preset_raw, seed))
 
 
 def _describe(meta: Mapping[str, Any]) -> str:
@@ -107,7 +98,7 @@ def _mismatch(meta: Mapping[str, Any], preset_raw: dict, seed: int) -> str:
     old = _describe(meta)
     if old == new:
         before = meta.get("preset") if isinstance(meta.get("preset"), Mapping) else {}
-        keys = sorted(k for k in set(preset_raw) | set(before) if preset_raw.get(k) != before.get(k))
+        keys = changed_keys(before, preset_raw, sorted(set(preset_raw) | set(before)))
         return f"holds a cohort of {old} with other preset values ({', '.join(keys)})"
     return f"holds a cohort of {old}, not {new}"
 

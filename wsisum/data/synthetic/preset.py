@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from wsisum.data.ground_truth import BACKGROUND_MORPHOLOGIES
 from wsisum.data.synthetic.plan import n_paired_cases
 from wsisum.data.synthetic.spec import (
-    BACKGROUND_MORPHOLOGIES,
     BRCA_CLASSES,
     CAMELYON_CLASSES,
     FEATURE_DTYPES,
@@ -29,6 +30,11 @@ from wsisum.data.synthetic.spec import (
     bracs_class_names,
 )
 from wsisum.errors import InputError
+
+# configs/preset/<name>.yaml is a preset; what presets share is under base/ and is not a preset itself
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "preset"
+BASE_DIR = "configs/preset/base/"
+MISSING = "???"  # OmegaConf's mark of a value the base leaves to each preset
 
 KIND_KEYS = {
     "camelyon": {
@@ -70,6 +76,8 @@ class _Section:
     def get(self, key: str) -> Any:
         if key not in self.data:
             raise InputError(None, f"preset{self.where}.{key} is missing")
+        if self.data[key] == MISSING:
+            raise self.error(key, f"not set ({MISSING} in {BASE_DIR}, what presets share): the preset must set it")
         self.used.add(key)
         return self.data[key]
 
@@ -260,6 +268,8 @@ def parse_preset(preset: Mapping[str, Any]) -> Preset:
     The order of the checks below decides which problem is reported first; keep it.
     """
     sec = _Section(preset, "")
+    if sec.data.get("name", MISSING) == MISSING:  # a part of base/ chosen as the preset, or a preset without a name
+        raise InputError(None, f"preset.name is not set (a preset names itself; {BASE_DIR} holds what presets share)")
     morph, feats, tissue = sec.section("morphology"), sec.section("features"), sec.section("tissue")
     teachers_sec = sec.section("teachers")
     teachers = _teachers(teachers_sec)
@@ -311,3 +321,25 @@ def _check_cross_dataset(p: Preset) -> None:
         n_cases = d.n_slides - n_paired_cases(d.n_slides, p.paired_case_fraction)
         if n_cases < p.n_folds:
             raise InputError(None, f"preset.datasets.{d.name}: {n_cases} cases cannot fill {p.n_folds} folds")
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset `configs/preset/<name>.yaml` composed with its `defaults` (the shared parts in
+    base/) as `wsisum-synth preset=<name>` composes it, as plain data for `generate_cohort`.
+
+    For scripts and tests: it resets Hydra's global state, so do not call it inside a Hydra app.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
+    from omegaconf import OmegaConf
+
+    if not (PRESET_DIR / f"{name}.yaml").is_file():
+        raise InputError(PRESET_DIR / f"{name}.yaml", "no such preset")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(PRESET_DIR.parent), version_base="1.3"):
+            cfg = compose(overrides=[f"+preset={name}"])
+    except MissingConfigException as err:
+        raise InputError(PRESET_DIR / f"{name}.yaml", str(err).splitlines()[0]) from None
+    return OmegaConf.to_container(cfg.preset, resolve=True)

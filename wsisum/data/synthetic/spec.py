@@ -11,16 +11,8 @@ from typing import Any
 
 import numpy as np
 
-BACKGROUND_MORPHOLOGIES = (
-    "stroma",
-    "adipose",
-    "normal_epithelium",
-    "lymphocytes",
-    "necrosis",
-    "blood",
-    "background",
-    "lymph_node",
-)
+from wsisum.data.ground_truth import BACKGROUND_MORPHOLOGIES
+
 KINDS = ("camelyon", "brca", "bracs")
 CAMELYON_CLASSES = ("negative", "itc", "micro", "macro")
 BRCA_CLASSES = ("IDC", "ILC")

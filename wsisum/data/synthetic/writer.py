@@ -14,8 +14,16 @@ import pandas as pd
 from wsisum.data.atomic import atomic_path
 from wsisum.data.bags import write_bag
 from wsisum.data.embeddings import write_embedding
+from wsisum.data.ground_truth import MORPHOLOGY_DATASET, MORPHOLOGY_NAMES_ATTR
 from wsisum.data.synthetic.atlas import Atlas
-from wsisum.data.synthetic.layout import GENERATOR, GENERATOR_VERSION, bag_path, embedding_path
+from wsisum.data.synthetic.layout import (
+    GENERATOR,
+    GENERATOR_VERSION,
+    bag_path,
+    embedding_path,
+    labels_path,
+    split_path,
+)
 from wsisum.data.synthetic.plan import SlidePlan, make_splits
 from wsisum.data.synthetic.seeds import stream_rng
 from wsisum.data.synthetic.slide import Slide
@@ -36,7 +44,7 @@ def write_slide(out_dir: Path, slide: Slide, spec: DatasetSpec, preset: Preset, 
             "label_index": plan.label_index,
             "n_lesion_patches": slide.n_lesion,
             "lesion_fraction": slide.n_lesion / plan.n_patches,
-            "morphology_names": json.dumps(list(atlas.names)),
+            MORPHOLOGY_NAMES_ATTR: json.dumps(list(atlas.names)),
             "generator": GENERATOR,
             "generator_version": GENERATOR_VERSION,
             "preset": preset.name,
@@ -56,7 +64,7 @@ def write_slide(out_dir: Path, slide: Slide, spec: DatasetSpec, preset: Preset, 
             slide.coords,
             attrs=attrs,
             coords_attrs=coords_attrs,
-            extras={"morphology": slide.morphology},
+            extras={MORPHOLOGY_DATASET: slide.morphology},
         )
     for name, emb in slide.embeddings.items():
         ep = embedding_path(out_dir, plan, name)
@@ -83,9 +91,9 @@ def write_labels_and_splits(
             "case_id": [p.case_id for p in plans],
         }
     )
-    _write_csv(out_dir / "labels" / f"{spec.task}.csv", labels, index=False)
+    _write_csv(labels_path(out_dir, spec.task), labels, index=False)
     folds = make_splits(plans, preset.n_folds, preset.val_fraction, stream_rng(seed, spec.task, "splits"))
     for k, parts in enumerate(folds):
         # Columns of different lengths: concat pads with NaN, written as empty cells (CLAM layout)
         df = pd.concat([pd.Series(parts[c], name=c, dtype=object) for c in ("train", "val", "test")], axis=1)
-        _write_csv(out_dir / "splits" / spec.task / f"splits_{k}.csv", df, index=True)
+        _write_csv(split_path(out_dir, spec.task, k), df, index=True)

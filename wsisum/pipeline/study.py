@@ -3,12 +3,12 @@
 Each stage runs one app (the same function its console script calls) on a config composed from
 that app's primary config plus the study's overrides. A stage that finished is reused only when
 its fingerprint — its resolved config plus the fingerprints of the stages it reads — is unchanged;
-otherwise it is recomputed, so a re-run never mixes old outputs with a new recipe.
+otherwise it is recomputed, so a re-run never mixes old outputs with a new recipe. Fingerprints and
+markers are `wsisum.data.markers`'; where they live, `wsisum.run_layout`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from wsisum.console import capture_stdout, is_batch
 from wsisum.data.atomic import atomic_path
+from wsisum.data.markers import FINGERPRINT, fingerprint, read_marker, write_marker
 from wsisum.errors import EXIT_DISK_FULL
+from wsisum.run_layout import STAGES_DIR, STUDY_FILE, stage_marker
 from wsisum.sampling.cluster_cache import format_stats, stats_since, stats_snapshot
 
 log = logging.getLogger(__name__)
 console = Console()
-MARKERS = ".stages"
 
 
 @dataclass
@@ -54,25 +55,15 @@ class Study:
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
-        (self.run_dir / MARKERS).mkdir(parents=True, exist_ok=True)
-
-    def _marker(self, key: str) -> Path:
-        return self.run_dir / MARKERS / (key.replace("/", "__") + ".json")
-
-    @staticmethod
-    def fingerprint(cfg: DictConfig | dict, upstream: Sequence[str] = ()) -> str:
-        plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-        text = json.dumps(plain, sort_keys=True, default=str) + "|" + "|".join(upstream)
-        return hashlib.sha1(text.encode()).hexdigest()[:16]
+        (self.run_dir / STAGES_DIR).mkdir(parents=True, exist_ok=True)
 
     def marker(self, key: str) -> dict[str, Any]:
         """What a finished stage recorded (fingerprint, seconds, clustering counts); {} if it never finished."""
-        p = self._marker(key)
-        return json.loads(p.read_text()) if p.is_file() else {}
+        return read_marker(stage_marker(self.run_dir, key), fix="delete it to run the stage again") or {}
 
     def finished(self, key: str) -> str | None:
         """The fingerprint a finished stage was run with (None if it never finished)."""
-        return self.marker(key).get("fingerprint")
+        return self.marker(key).get(FINGERPRINT)
 
     def run(
         self,
@@ -87,19 +78,19 @@ class Study:
         if self.planning:
             self.planned.append(key)
             return StageResult(key, "planned")
-        fp = self.fingerprint(cfg, [self.results[u].fingerprint for u in upstream if u in self.results])
+        fp = fingerprint(cfg, [self.results[u].fingerprint for u in upstream if u in self.results])
         failed_up = [u for u in upstream if u in self.results and self.results[u].status == "failed"]
         if failed_up:
             return self._done(StageResult(key, "failed", 0.0, fp, f"skipped: {', '.join(failed_up)} failed"))
         done = self.marker(key)
-        previous = done.get("fingerprint")
+        previous = done.get(FINGERPRINT)
         if previous == fp and all(Path(o).exists() for o in outputs):  # what it computed when it ran stays on record
             return self._done(StageResult(key, "reused", 0.0, fp, clusters=done.get("clusters") or {}))
         if previous is not None and previous != fp:
             self.say(f"[yellow]recompute[/yellow] {key}: its recipe or an input changed")
             if clean is not None:
                 clean()
-        self._marker(key).unlink(missing_ok=True)
+        stage_marker(self.run_dir, key).unlink(missing_ok=True)
         if not is_batch():
             console.rule(f"[bold]{key}")
         if self.advance is not None:
@@ -114,9 +105,8 @@ class Study:
             res = StageResult(key, "failed", time.perf_counter() - t0, fp, f"exit code {err.code}")
         else:
             res = StageResult(key, "ran", time.perf_counter() - t0, fp, clusters=stats_since(before))
-            with atomic_path(self._marker(key)) as tmp:
-                marker = {"fingerprint": fp, "seconds": res.seconds, "finished": time.time(), "clusters": res.clusters}
-                tmp.write_text(json.dumps(marker))
+            marker = {FINGERPRINT: fp, "seconds": res.seconds, "finished": time.time(), "clusters": res.clusters}
+            write_marker(stage_marker(self.run_dir, key), marker)
         return self._done(res)
 
     def _done(self, res: StageResult) -> StageResult:
@@ -136,7 +126,7 @@ class Study:
         console.print(line, highlight=False, soft_wrap=True)  # one line per event, whatever the width
 
     def write_summary(self, config: dict) -> Path:
-        path = self.run_dir / "study.json"
+        path = self.run_dir / STUDY_FILE
         data = {
             "cohort_root": config.get("cohort", {}).get("root"),
             "config": config,
