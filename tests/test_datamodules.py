@@ -203,7 +203,8 @@ def test_auto_workers_read_small_bags_in_process_and_large_ones_in_workers(tmp_p
     assert resolve_num_workers("auto", large) >= 1
     dm = ClassificationDataModule(root, "task", num_workers="auto")
     dm.setup()
-    assert dm.num_workers == 0 and dm.train_dataloader().num_workers == 0
+    loader = dm.train_dataloader()
+    assert dm.num_workers == 0 and loader.num_workers == 0 and loader.threads == 0  # read in the caller's thread
 
 
 def _batches(dm: ClassificationDataModule) -> list[tuple[str, list[str], torch.Tensor, torch.Tensor]]:
@@ -217,11 +218,11 @@ def _batches(dm: ClassificationDataModule) -> list[tuple[str, list[str], torch.T
 def test_reader_threads_yield_what_one_process_reads_in_the_same_order(small_cohort) -> None:
     root, _ = small_cohort
     loaded = {}
-    for kind, workers in (("thread", 0), ("thread", 3), ("process", 2)):
+    for kind, workers in (("process", 0), ("thread", 0), ("thread", 3), ("process", 2)):
         dm = ClassificationDataModule(root, "task", num_workers=workers, batch_size=2, seed=5, worker_kind=kind)
         dm.setup()
         loaded[kind, workers] = _batches(dm)
-    reference = loaded["thread", 0]
+    reference = loaded["process", 0]  # torch's own single-process DataLoader
     assert len(reference) > 3
     for key, got in loaded.items():
         assert [(p, ids) for p, ids, _, _ in got] == [(p, ids) for p, ids, _, _ in reference], key

@@ -130,8 +130,8 @@ def resolve_num_workers(num_workers: int | str, paths: Sequence[str | Path]) -> 
     """`auto`: no workers for small bags, up to 2 for large ones (measured by scripts/bench_io.py).
 
     For bags of a few hundred kB (summaries, the demo cohort) handing a bag to a worker and back
-    costs more than reading it in the loop (0.9 of a plain h5py loop without workers, 0.5 with 2
-    reader threads, 0.1 with 2 processes), while large bags (10k-100k patches, tens of MB) are read
+    costs more than reading it in the loop (0.87-0.89 of a plain h5py loop without workers, 0.6 with
+    2 reader threads, 0.2 with 2 processes), while large bags (10k-100k patches, tens of MB) are read
     by 1-2 reader threads at the plain loop's speed, overlapped with the training step.
     """
     if num_workers != "auto":
@@ -156,7 +156,7 @@ def _loader(
 ) -> DataLoader:
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     common = dict(batch_size=batch_size, shuffle=shuffle, collate_fn=collate_bags, generator=gen)
-    if worker_kind == "thread" and num_workers > 0:
+    if worker_kind == "thread":
         return ThreadDataLoader(ds, threads=num_workers, pin_memory=torch.cuda.is_available(), **common)
     return DataLoader(
         ds,

@@ -1,4 +1,4 @@
-"""A DataLoader whose workers are threads of the training process, for large bags.
+"""A DataLoader whose workers are threads of the training process (or none: `threads=0`).
 
 Why threads: a worker *process* hands each bag to the trainer through shared memory, and every 4 KiB
 page of a fresh shared-memory segment is a page fault (Linux does not back /dev/shm with huge pages
@@ -11,6 +11,11 @@ and the tensors they return need no copy at all.
 The batches come in the sampler's order (a window of futures, consumed first-in first-out), so a
 threaded loader yields exactly what a single-process one does. It subclasses DataLoader, so Lightning
 can still swap in a DistributedSampler under DDP.
+
+With `threads=0` it reads each batch in the caller's thread. That is what small bags want (a few
+hundred kB: handing them to a thread costs more than reading them), and it skips the per-batch
+bookkeeping of DataLoader's own single-process iterator (fetcher, profiler record, pin check):
+scripts/bench_io.py measured 0.78 -> 0.86 of a plain h5py loop on the demo cohort's 0.4 MB bags.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def pin_batch(batch: Any) -> Any:
 
 
 class ThreadDataLoader(DataLoader):
-    """`threads` reader threads, each keeping `prefetch_per_thread` batches in flight.
+    """`threads` reader threads, each keeping `prefetch_per_thread` batches in flight (0: none).
 
     The DataLoader itself runs with `num_workers=0`; any `num_workers` given is ignored in favour
     of `threads` so that Lightning re-creating the loader (DDP) keeps the threaded reading.
@@ -48,8 +53,8 @@ class ThreadDataLoader(DataLoader):
         kwargs.pop("prefetch_factor", None)
         self.pin_batches = bool(kwargs.pop("pin_memory", False))
         super().__init__(*args, **kwargs)
-        if threads < 1 or prefetch_per_thread < 1:
-            raise ValueError(f"threads ({threads}) and prefetch_per_thread ({prefetch_per_thread}) must be >= 1")
+        if threads < 0 or prefetch_per_thread < 1:
+            raise ValueError(f"threads ({threads}) must be >= 0 and prefetch_per_thread ({prefetch_per_thread}) >= 1")
         self.threads, self.prefetch_per_thread = int(threads), int(prefetch_per_thread)
 
     def fetch(self, indices: list[int]) -> Any:
@@ -62,6 +67,10 @@ class ThreadDataLoader(DataLoader):
         # DataLoader's own iterators draw a base seed from the generator before the sampler does;
         # drawing it too keeps the shuffled order the same as with processes or no workers
         torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        if self.threads == 0:
+            for indices in self.batch_sampler:
+                yield self.fetch(list(indices))
+            return
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="wsisum-reader")
         try:
             for indices in self.batch_sampler:
