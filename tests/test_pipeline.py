@@ -69,6 +69,10 @@ def test_report_holds_tables_plots_heatmaps(study) -> None:
     votes = table.filter(like="vote@5")
     assert votes.notna().any(axis=1).all() and len(table) == 2 * (1 + 3 * 2)  # one row per run, no empty ones
     assert any(p.name.startswith("majority_vote_at_5_vs_budget_retrieval_") for p in pngs)
+    assert "## Retrieval: wsisum vs every baseline, paired by query case" in md
+    pairs = pd.read_csv(report / "retrieval_paired.csv")  # per case, against each baseline and the full bags
+    assert {"random", "kmeans", "full"} == set(pairs["baseline"]) and set(pairs["budget"]) == {8, 32}
+    assert pairs["n_pairs"].gt(1).all() and pairs["verdict"].isin(["win", "tie", "loss"]).all()
 
 
 def test_rerun_reuses_every_stage(study) -> None:

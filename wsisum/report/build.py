@@ -26,9 +26,11 @@ from wsisum.report.intrinsic_report import intrinsic_report
 from wsisum.report.render import Document, Figure, Section, to_html, to_markdown
 from wsisum.report.retrieval import TABLE_FILE as RETRIEVAL_TABLE
 from wsisum.report.retrieval import retrieval_section
+from wsisum.report.retrieval_paired import PAIRED_FILE as RETRIEVAL_PAIRED
+from wsisum.report.retrieval_paired import retrieval_paired_section
 from wsisum.report.rundir import RunDir, load_results, load_retrieval, open_run_dir
 from wsisum.report.tables import RESULT_METRICS, Table, results_table
-from wsisum.run_layout import EVALUATE_DIR, REPORT_HTML, REPORT_MD, RESULTS_FILE
+from wsisum.run_layout import EVALUATE_DIR, REPORT_HTML, REPORT_MD, RESULTS_FILE, RETRIEVE_DIR
 from wsisum.sampling.cluster_cache import format_stats
 
 log = logging.getLogger(__name__)
@@ -234,7 +236,8 @@ def write_lesions(
 def remove_stale(out: Path, fig_dir: Path, all_figs: list[Path], written: dict[str, Path]) -> None:
     """Remove outputs of an earlier report that this one no longer has (no data now)."""
     keep = {p.resolve() for p in all_figs} | {p.resolve() for p in written.values()}
-    stale = [*fig_dir.glob("*.png"), *(out / name for name in (*CSV_FILES, *PAIRED_CSV, RETRIEVAL_TABLE))]
+    names = (*CSV_FILES, *PAIRED_CSV, RETRIEVAL_TABLE, RETRIEVAL_PAIRED)
+    stale = [*fig_dir.glob("*.png"), *(out / name for name in names)]
     for path in stale:
         if path.is_file() and path.resolve() not in keep:
             path.unlink()
@@ -247,6 +250,10 @@ def retrieval_and_intrinsic_sections(run: RunDir, out: Path, fig_dir: Path, writ
     retrieval, retrieval_files = retrieval_section(load_retrieval(run), out, fig_dir)
     if retrieval is not None:
         sections.append(retrieval)
+        paired_retrieval, paired_files = retrieval_paired_section(run.root / RETRIEVE_DIR, out)
+        if paired_retrieval is not None:
+            sections.append(paired_retrieval)
+        written |= paired_files
     written |= retrieval_files
     intrinsic_sections, intrinsic_csv = intrinsic_report(run, out)  # [] without summaries or cohort
     written |= intrinsic_csv
