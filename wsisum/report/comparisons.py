@@ -59,10 +59,15 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def pairs_range(frame: pd.DataFrame) -> str:
+    """How many pairs the cells of a paired frame have: `15`, or `12 to 15` where they differ."""
+    n = frame["n_pairs"].astype(int)
+    return str(n.min()) if n.min() == n.max() else f"{n.min()} to {n.max()}"
+
+
 def replicates_line(frame: pd.DataFrame, counts: dict[str, int]) -> str:
     """One line: how many paired replicates each cell has, and what the interval is."""
-    n = frame["n_pairs"].astype(int)
-    many = str(n.min()) if n.min() == n.max() else f"{n.min()} to {n.max()}"
+    many = pairs_range(frame)
     folds, seeds = counts.get("fold", 1), counts.get("seed", 1)
     return (
         f"Each cell pairs {many} (fold, seed) replicates (the results have {_count(folds, 'fold')} × "
@@ -72,7 +77,8 @@ def replicates_line(frame: pd.DataFrame, counts: dict[str, int]) -> str:
     )
 
 
-def _verdicts(what: str) -> str:
+def verdict_legend(what: str) -> str:
+    """What the verdict markers of a paired table mean, `what` being the better side of a win."""
     return (
         f"`▲ win`: the whole CI is above 0 ({what} is better); `▼ loss`: below 0; `= tie`: it straddles 0; "
         "`? n/a`: fewer than 2 paired replicates."
@@ -91,7 +97,7 @@ def winner_section(p: PairedResults, fig: Path | None = None) -> Section:
     sec.blocks.append(
         f"Each cell: `{c}` minus the column's sampler in {label}, on the same replicates of the same task, "
         f"MIL model and budget: verdict, mean paired difference, its CI, and on how many replicates `{c}` "
-        f"scored higher (wins/pairs). {_verdicts(f'`{c}`')}"
+        f"scored higher (wins/pairs). {verdict_legend(f'`{c}`')}"
     )
     sec.blocks.append(replicates_line(p.matrix, p.counts))
     sec.blocks.append(paired_table(p.matrix, "baseline"))
@@ -127,7 +133,7 @@ def ablation_section(p: PairedResults) -> Section:
     sec = Section(f"Ablation: {c}-* variants vs {c}", "ablation")
     sec.blocks.append(
         f"Each cell: the column's variant minus `{c}` in {label}, paired as above: a `loss` means the variant "
-        f"is worse, so what it changes matters. {_verdicts('the variant')}"
+        f"is worse, so what it changes matters. {verdict_legend('the variant')}"
     )
     sec.blocks.append(replicates_line(p.ablation, p.counts))
     sec.blocks.append(paired_table(p.ablation, "candidate"))

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wsisum.data.atomic import atomic_path
 from wsisum.errors import InputError
 from wsisum.evaluate import paired
 from wsisum.evaluate.results import FULL, METRICS_FILE, read_metrics
-from wsisum.report.comparisons import metric_label
+from wsisum.report.comparisons import metric_label, pairs_range, verdict_legend
 from wsisum.report.render import Section
 from wsisum.report.tables import paired_table
 from wsisum.retrieve.run import PREDICTIONS_FILE
@@ -103,8 +104,6 @@ def retrieval_paired_section(
 ) -> tuple[Section | None, dict[str, Path]]:
     """(the section, files written); (None, {}) when retrieval did not run or the candidate has no
     retrieval run."""
-    from wsisum.data.atomic import atomic_path
-
     cases = case_outcomes(retrieve_dir) if Path(retrieve_dir).is_dir() else None
     if cases is None or candidate not in set(cases["sampler"].astype(str)):
         return None, {}
@@ -115,14 +114,12 @@ def retrieval_paired_section(
     with atomic_path(written["retrieval_paired"]) as tmp:
         matrix.to_csv(tmp, index=False, float_format="%.10g")
     sec = Section(f"Retrieval: {candidate} vs every baseline, paired by query case", "retrieval-paired")
-    n = matrix["n_pairs"].astype(int)
-    many = str(n.min()) if n.min() == n.max() else f"{n.min()} to {n.max()}"
     sec.blocks.append(
         f"Each cell: `{candidate}` minus the column's bag set (`{FULL}`: the full bags) on the same query "
         f"slides: verdict, mean paired difference, its CI, and in how many cases `{candidate}` did better "
         f"(wins/cases). A query's outcome is averaged over its case's slides and the {paired.CONFIDENCE:.0%} "
-        f"percentile bootstrap ({paired.N_RESAMPLES:,} resamples, seeded) resamples the {many} query cases. "
-        "`▲ win`: the whole CI is above 0; `▼ loss`: below 0; `= tie`: it straddles 0."
+        f"percentile bootstrap ({paired.N_RESAMPLES:,} resamples, seeded) resamples the {pairs_range(matrix)} query "
+        f"cases. {verdict_legend(f'`{candidate}`')}"
     )
     for metric in (VOTE, MAP):
         sub = matrix[matrix["metric"] == metric]
