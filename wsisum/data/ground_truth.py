@@ -9,7 +9,9 @@ the other: both use these names.
     bag attr `morphology_names`         JSON list, code -> name (overrides the manifest's list)
 
 A bag without a manifest still says which codes are lesions: every name that is not one of the
-`BACKGROUND_MORPHOLOGIES` (the tissue every synthetic slide is made of).
+`BACKGROUND_MORPHOLOGIES` (the tissue every synthetic slide is made of) nor of the
+`ARTIFACT_MORPHOLOGIES` (pen, folds, blur, bubbles, tissue edges: isolated within a slide, common
+across a cohort, never diagnostic; a summary should hold no more of them than the slide does).
 """
 
 from __future__ import annotations
@@ -30,3 +32,5 @@ BACKGROUND_MORPHOLOGIES = (
     "background",
     "lymph_node",
 )
+
+ARTIFACT_MORPHOLOGIES = ("pen", "fold", "blur", "bubble", "edge")
