@@ -15,8 +15,8 @@ from wsisum.console import configure_console
 from wsisum.data.output_faults import disk_full_cause, quiet_h5py_dealloc, where_full
 from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError, input_error_in, print_error
 
-# `wsisum/configs` is a link to the top-level `configs/` (and a copy inside a built wheel), so the
-# apps find their configs both in a source checkout and in an installed package.
+# The configs are package data (`wsisum/configs/`, carried by the wheel and the sdist; the top-level
+# `configs/` of a clone is a link to it), so an editable and a wheel install find them at the same place.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 
