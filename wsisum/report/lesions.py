@@ -3,7 +3,7 @@
 A synthetic bag has a per-patch `morphology` (N,) code; the cohort's `cohort.json` names the codes
 (`morphologies`) and which of them are lesions (`lesion_morphologies`, per task). A bag's own
 `morphology_names` attr, where present, overrides the names; without a manifest, every name outside
-the background vocabulary is a lesion. These names are `wsisum.data.ground_truth`'s, which the
+the background and artifact vocabularies is a lesion. These names are `wsisum.data.ground_truth`'s, which the
 synthetic writer uses too: the report reads the cohort's files, never the generator. A slide is
 lesion-positive when at least one of its patches is a lesion. For each dataset × sampler × budget the report gives
 
@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from wsisum.data.ground_truth import (
+    ARTIFACT_MORPHOLOGIES,
     BACKGROUND_MORPHOLOGIES,
     MANIFEST_LESIONS,
     MANIFEST_MORPHOLOGIES,
@@ -58,6 +59,9 @@ RETENTION_COLUMNS = [
     "small_hit_rate",
     "kept_lesion_fraction",
     "full_lesion_fraction",
+    "artifact_slides",
+    "kept_artifact_fraction",
+    "full_artifact_fraction",
 ]
 
 
@@ -74,6 +78,8 @@ class SlideLesion:
     n_kept: int
     n_kept_lesion: int
     label: str | None = None  # the slide's class (bag attr `label`), for recall per class
+    n_artifact: int = 0  # artifact patches of the slide (pen, fold, blur, bubble, edge)
+    n_kept_artifact: int = 0
 
     @property
     def patch_recall(self) -> float:
@@ -92,8 +98,8 @@ def lesion_names(
     per_task = (manifest or {}).get(MANIFEST_LESIONS)
     if isinstance(per_task, Mapping) and per_task:
         lesions = {str(n) for v in per_task.values() for n in v}
-    else:  # no manifest: every morphology that is not background tissue
-        lesions = {n for n in names if n not in BACKGROUND_MORPHOLOGIES}
+    else:  # no manifest: every morphology that is neither background tissue nor an artifact
+        lesions = {n for n in names if n not in BACKGROUND_MORPHOLOGIES and n not in ARTIFACT_MORPHOLOGIES}
     return names, lesions
 
 
@@ -162,6 +168,9 @@ def collect_slide_lesions(run: RunDir) -> list[SlideLesion]:
                 n_lesion, n_kept_lesion = slide_lesion(mask, indices)
             except InputError as err:
                 raise InputError(f.path, f"{err.problem} ({src.path})") from None
+            n_artifact, n_kept_artifact = slide_lesion(
+                lesion_mask(run.morphology(src), naming[0], set(ARTIFACT_MORPHOLOGIES)), indices
+            )
             out.append(
                 SlideLesion(
                     f.dataset,
@@ -173,9 +182,20 @@ def collect_slide_lesions(run: RunDir) -> list[SlideLesion]:
                     f.n_kept,
                     n_kept_lesion,
                     slide_label(src.attrs),
+                    n_artifact,
+                    n_kept_artifact,
                 )
             )
     return out
+
+
+def artifact_columns(slides: Sequence[SlideLesion], full: bool = False) -> dict[str, float]:
+    """Over the slides with artifacts: the mean artifact share of their summaries (of the whole slide
+    with `full`) and of the slides themselves. A good summary holds no more than the slide does."""
+    art = [s for s in slides if s.n_artifact > 0]
+    slide_share = float(np.mean([s.n_artifact / s.n_patches for s in art])) if art else math.nan
+    kept = slide_share if full or not art else float(np.mean([s.n_kept_artifact / s.n_kept for s in art]))
+    return {"artifact_slides": len(art), "kept_artifact_fraction": kept, "full_artifact_fraction": slide_share}
 
 
 def retention_frame(slides: Iterable[SlideLesion], small: int = SMALL_LESION_PATCHES) -> pd.DataFrame:
@@ -203,6 +223,7 @@ def retention_frame(slides: Iterable[SlideLesion], small: int = SMALL_LESION_PAT
                 "small_hit_rate": small_hits / len(small_pos) if small_pos else math.nan,
                 "kept_lesion_fraction": float(np.mean([s.n_kept_lesion / s.n_kept for s in pos])) if pos else math.nan,
                 "full_lesion_fraction": float(np.mean([s.n_lesion / s.n_patches for s in pos])) if pos else math.nan,
+                **artifact_columns(grp),
             }
         )
         for s in grp:
@@ -224,6 +245,7 @@ def retention_frame(slides: Iterable[SlideLesion], small: int = SMALL_LESION_PAT
                 "small_hit_rate": 1.0 if small_pos else math.nan,
                 "kept_lesion_fraction": frac,
                 "full_lesion_fraction": frac,
+                **artifact_columns(list(full_refs[ds].values()), full=True),
             }
         )
     df = pd.DataFrame(rows, columns=RETENTION_COLUMNS)

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from wsisum.data.ground_truth import BACKGROUND_MORPHOLOGIES
 from wsisum.data.synthetic.seeds import stream_rng
-from wsisum.data.synthetic.spec import Preset, TeacherSpec, morphology_names
-
-# Typical weight of each content part in a teacher (composition, lesion fraction, lesion latent, mean
-# feature); every teacher jitters these, so teachers differ in what they are good at.
-_PART_GAINS = (0.7, 1.0, 1.5, 0.7)
+from wsisum.data.synthetic.spec import Preset, TeacherSpec, artifact_names, morphology_names
+from wsisum.data.synthetic.worlds import (
+    TEACHER_PARTS,
+    anchor_lesions,
+    artifact_means,
+    class_directions,
+    common_direction,
+    site_effects,
+    tighten_lesions,
+)
 
 
 @dataclass
@@ -48,6 +53,10 @@ class Atlas:
     beta: np.ndarray  # (D,) LayerNorm shift
     latent_scale: float  # typical latent norm; scales the lesion part of teacher inputs to O(1) entries
     teachers: list[Teacher]
+    common: np.ndarray | None = None  # (D,) shared direction added before the LayerNorm (worlds)
+    sites: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (offset, scale) per site
+    class_dirs: dict[str, np.ndarray] = field(default_factory=dict)  # PAM50-like class -> unit latent
+    artifacts: tuple[str, ...] = ()  # artifact morphology names (the last codes)
 
     def index(self, name: str) -> int:
         return self.names.index(name)
@@ -91,10 +100,11 @@ def _structured_means(seed: int, preset: Preset, names: Sequence[str], means: np
         means[names.index(n)] = start + (k + 1) * m["grade_step"] * u + bend * w
 
 
-def _teacher(seed: int, spec: TeacherSpec, part_dims: Sequence[int], hidden: int) -> Teacher:
-    """A fixed random 2-layer tanh MLP; each teacher weighs the content parts differently."""
+def _teacher(seed: int, spec: TeacherSpec, part_dims: Sequence[int], hidden: int, parts: Sequence[float]) -> Teacher:
+    """A fixed random 2-layer tanh MLP; each teacher weighs the content parts differently (around
+    the preset's `teacher_parts`), so teachers differ in what they are good at."""
     rng = stream_rng(seed, "teacher", spec.name)
-    gains = np.asarray(_PART_GAINS) * np.exp(0.3 * rng.standard_normal(len(part_dims)))
+    gains = np.asarray(parts) * np.exp(0.3 * rng.standard_normal(len(part_dims)))
     blocks = [g * rng.standard_normal((hidden, p)) / math.sqrt(p) for g, p in zip(gains, part_dims)]
     return Teacher(
         spec=spec,
@@ -111,7 +121,11 @@ def build_atlas(preset: Preset, seed: int) -> Atlas:
     L, D = preset.latent_dim, preset.feature_dim
     protos = [_prototype(seed, n, preset) for n in names]
     means = np.stack([p[0] for p in protos])
+    factors, diags = np.stack([p[1] for p in protos]), np.stack([p[2] for p in protos])
+    anchor_lesions(seed, preset, names, means)
     _structured_means(seed, preset, names, means)
+    artifact_means(seed, preset, names, means)
+    tighten_lesions(preset, names, factors, diags)
     rng = stream_rng(seed, "projection")
     proj = rng.standard_normal((L, D)) / math.sqrt(L)
     nl_proj = 1.5 * rng.standard_normal((L, D)) / math.sqrt(L)
@@ -121,13 +135,14 @@ def build_atlas(preset: Preset, seed: int) -> Atlas:
     m = preset.morphology
     latent_scale = math.sqrt(L * (m["separation"] ** 2 + m["diag_scale"] ** 2 + m["factor_scale"] ** 2)) + 1e-6
     part_dims = _content_dims(preset)
-    teachers = [_teacher(seed, t, part_dims, preset.teacher_hidden) for t in preset.teachers]
+    parts = [preset.teacher_parts[k] for k in TEACHER_PARTS]
+    teachers = [_teacher(seed, t, part_dims, preset.teacher_hidden, parts) for t in preset.teachers]
     return Atlas(
         names=names,
         background=BACKGROUND_MORPHOLOGIES,
         means=means,
-        factors=np.stack([p[1] for p in protos]),
-        diags=np.stack([p[2] for p in protos]),
+        factors=factors,
+        diags=diags,
         proj=proj.astype(np.float32),
         nl_proj=nl_proj.astype(np.float32),
         nl_bias=nl_bias.astype(np.float32),
@@ -135,4 +150,8 @@ def build_atlas(preset: Preset, seed: int) -> Atlas:
         beta=beta.astype(np.float32),
         latent_scale=latent_scale,
         teachers=teachers,
+        common=common_direction(seed, preset),
+        sites=site_effects(seed, preset),
+        class_dirs=class_directions(seed, preset),
+        artifacts=artifact_names(preset),
     )

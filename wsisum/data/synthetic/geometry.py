@@ -173,6 +173,11 @@ def place_lesions(
             k = max(1, int(round(rng.uniform(*p["mixed_fraction"]) * n)))
             out += [Lesion(c, atlas.index(other)) for c in _regions(grid_index, taken, k, 1, irr, rng)]
         return out
+    if spec.kind == "pam50":  # one shared tumour morphology; the class lives in its mean (slide.py)
+        total = max(1, int(round(rng.uniform(*p["tumour_fraction"]) * n)))
+        n_reg = int(rng.integers(p["tumour_regions"][0], p["tumour_regions"][1] + 1))
+        m = atlas.index(spec.lesion_morphologies[0])
+        return [Lesion(c, m) for c in _regions(grid_index, taken, total, n_reg, irr, rng)]
     total = max(1, int(round(rng.uniform(*p["lesion_fraction"]) * n)))
     n_reg = int(rng.integers(p["lesion_regions"][0], p["lesion_regions"][1] + 1))
     m = atlas.index(f"lesion_{plan.label}")

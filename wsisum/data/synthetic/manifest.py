@@ -15,8 +15,10 @@ from wsisum.data.ground_truth import MANIFEST_LESIONS, MANIFEST_MORPHOLOGIES, MA
 from wsisum.data.markers import changed_keys, read_marker, write_marker
 from wsisum.data.synthetic.layout import GENERATOR, GENERATOR_VERSION, LAYOUT_DIRS, MARKER_NAME
 from wsisum.data.synthetic.plan import SlidePlan
-from wsisum.data.synthetic.spec import Preset, morphology_names
+from wsisum.data.synthetic.spec import Preset, artifact_names, morphology_names
 from wsisum.errors import InputError
+
+ARTIFACTS_KEY = "artifact_morphologies"  # in cohort.json when the cohort has artifacts
 
 
 def _package_version() -> str:
@@ -37,7 +39,7 @@ def build_manifest(preset_raw: dict, preset: Preset, seed: int, plans: Mapping[s
             "patches": int(sum(p.n_patches for p in ps)),
             "classes": {c: sum(p.label == c for p in ps) for c in spec.classes},
         }
-    return {
+    out = {
         "generator": GENERATOR,
         "generator_version": GENERATOR_VERSION,
         "version": _package_version(),
@@ -65,6 +67,9 @@ def build_manifest(preset_raw: dict, preset: Preset, seed: int, plans: Mapping[s
         },
         "complete": True,
     }
+    if artifact_names(preset):  # never lesions: readers of per-patch truth leave them out
+        out[ARTIFACTS_KEY] = list(artifact_names(preset))
+    return out
 
 
 def write_json(path: Path, obj: dict) -> None:

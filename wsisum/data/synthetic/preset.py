@@ -24,11 +24,13 @@ from wsisum.data.synthetic.spec import (
     FEATURE_DTYPES,
     KINDS,
     N_PATCHES_DISTS,
+    PAM50_CLASSES,
     DatasetSpec,
     Preset,
     TeacherSpec,
     bracs_class_names,
 )
+from wsisum.data.synthetic.worlds import parse_artifacts, parse_sites, parse_teacher_parts
 from wsisum.errors import InputError
 
 # configs/preset/<name>.yaml is a preset; what presets share is under base/ and is not a preset itself
@@ -47,6 +49,7 @@ KIND_KEYS = {
     },
     "brca": {"tumour_fraction", "tumour_regions", "mixed_probability", "mixed_fraction"},
     "bracs": {"n_classes", "lesion_fraction", "lesion_regions"},
+    "pam50": {"tumour_fraction", "tumour_regions", "subtype_shift"},
 }
 COMMON_DATASET_KEYS = {
     "kind",
@@ -166,6 +169,12 @@ def _lesion_params(sec: _Section, kind: str) -> dict[str, Any]:
             "mixed_probability": sec.number("mixed_probability", 0.0, 1.0),
             "mixed_fraction": sec.pair("mixed_fraction", 0.0, 0.5),
         }
+    if kind == "pam50":
+        return {
+            "tumour_fraction": sec.pair("tumour_fraction", 0.0, 0.9),
+            "tumour_regions": sec.pair("tumour_regions", 1, integer=True),
+            "subtype_shift": sec.number("subtype_shift", 0.0),
+        }
     return {
         "lesion_fraction": sec.pair("lesion_fraction", 0.0, 0.9),
         "lesion_regions": sec.pair("lesion_regions", 1, integer=True),
@@ -198,7 +207,7 @@ def _dataset(name: str, data: Any) -> DatasetSpec:
     if kind == "bracs":
         classes = bracs_class_names(sec.number("n_classes", 2, 50, integer=True))
     else:
-        classes = CAMELYON_CLASSES if kind == "camelyon" else BRCA_CLASSES
+        classes = {"camelyon": CAMELYON_CLASSES, "brca": BRCA_CLASSES, "pam50": PAM50_CLASSES}[kind]
     weights = _background_weights(sec)
     n_slides = sec.number("n_slides", 2, integer=True)
     spec = DatasetSpec(
@@ -239,6 +248,8 @@ def _morphology(morph: _Section) -> dict[str, float]:
         "subtype_separation": morph.number("subtype_separation", 0.0),
         "grade_step": morph.number("grade_step", 0.0),
         "lesion_jitter": morph.number("lesion_jitter", 0.0),
+        "anchor_distance": morph.number("anchor_distance", 0.0),
+        "lesion_tightness": morph.number("lesion_tightness", 1e-3, 10.0),
     }
 
 
@@ -247,6 +258,7 @@ def _features(feats: _Section) -> dict[str, float]:
         "nonlinear_weight": feats.number("nonlinear_weight", 0.0),
         "noise": feats.number("noise", 0.0),
         "stain_shift": feats.number("stain_shift", 0.0),
+        "common_weight": feats.number("common_weight", 0.0),
     }
 
 
@@ -271,6 +283,7 @@ def parse_preset(preset: Mapping[str, Any]) -> Preset:
     if sec.data.get("name", MISSING) == MISSING:  # a part of base/ chosen as the preset, or a preset without a name
         raise InputError(None, f"preset.name is not set (a preset names itself; {BASE_DIR} holds what presets share)")
     morph, feats, tissue = sec.section("morphology"), sec.section("features"), sec.section("tissue")
+    parts, artifacts, sites = sec.section("teacher_parts"), sec.section("artifacts"), sec.section("sites")
     teachers_sec = sec.section("teachers")
     teachers = _teachers(teachers_sec)
     n_folds = sec.number("n_folds", 2, integer=True)
@@ -292,6 +305,9 @@ def parse_preset(preset: Mapping[str, Any]) -> Preset:
         morphology=_morphology(morph),
         features=_features(feats),
         tissue=_tissue(tissue),
+        teacher_parts=parse_teacher_parts(parts),
+        artifacts=parse_artifacts(artifacts),
+        sites=parse_sites(sites),
         teacher_hidden=sec.number("teacher_hidden", 1, integer=True),
         teacher_noise=sec.number("teacher_noise", 0.0),
         teacher_output_noise=sec.number("teacher_output_noise", 0.0),
@@ -299,7 +315,7 @@ def parse_preset(preset: Mapping[str, Any]) -> Preset:
         teachers=teachers,
         datasets=datasets,
     )
-    for s in (morph, feats, tissue, teachers_sec, sec):
+    for s in (morph, feats, tissue, parts, artifacts, sites, teachers_sec, sec):
         s.done()
     if p.morphology["rank"] > p.latent_dim:
         raise InputError(None, "preset.morphology.rank: must be <= latent_dim")

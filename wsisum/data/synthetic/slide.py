@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsisum.data.synthetic.artifacts import place_artifacts
 from wsisum.data.synthetic.atlas import Atlas, Teacher
 from wsisum.data.synthetic.geometry import background_map, place_lesions, tissue_mask
 from wsisum.data.synthetic.plan import SlidePlan
 from wsisum.data.synthetic.seeds import stream_rng
-from wsisum.data.synthetic.spec import DatasetSpec, Preset
+from wsisum.data.synthetic.spec import PAM50_TUMOUR, DatasetSpec, Preset
+from wsisum.data.synthetic.worlds import case_site, spread
 
 _CHUNK = 8192  # patches per feature chunk: bounds memory on 100k-patch slides (fixed: it is in the RNG path)
 
@@ -53,10 +55,18 @@ def draw_latents(morph: np.ndarray, means: np.ndarray, atlas: Atlas, rng: np.ran
 
 
 def latents_to_features(
-    z: np.ndarray, atlas: Atlas, preset: Preset, stain: np.ndarray, rng: np.random.Generator
+    z: np.ndarray,
+    atlas: Atlas,
+    preset: Preset,
+    stain: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    site: tuple[np.ndarray, np.ndarray] | None = None,
+    tissue: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features in the output dtype, plus their float64 mean (for teachers); chunked so a 100k x 768
-    slide needs one output array, not several float32/float64 copies."""
+    """Features in the output dtype, plus their float64 mean over the `tissue` rows (all rows when
+    None; for teachers); chunked so a 100k x 768 slide needs one output array, not several
+    float32/float64 copies. A `site` (offset, scale) acts after the LayerNorm."""
     f = preset.features
     out = np.empty((len(z), preset.feature_dim), dtype=preset.feature_dtype)
     total = np.zeros(preset.feature_dim)
@@ -64,21 +74,36 @@ def latents_to_features(
         zc = z[s : s + _CHUNK].astype(np.float32)
         x = zc @ atlas.proj + f["nonlinear_weight"] * np.tanh(zc @ atlas.nl_proj + atlas.nl_bias)
         x += f["noise"] * rng.standard_normal(x.shape, dtype=np.float32) + stain
+        if atlas.common is not None:  # real features share a direction: mostly positive cosines
+            x += f["common_weight"] * atlas.common
         # LayerNorm-like rows, as the last layer of CONCH-style encoders leaves them
         x -= x.mean(axis=1, keepdims=True)
         x /= np.sqrt(x.var(axis=1, keepdims=True) + 1e-6)
         x = x * atlas.gamma + atlas.beta
-        total += x.sum(axis=0, dtype=np.float64)
+        if site is not None:
+            x = x * (1.0 + site[1]) + site[0]
+        if tissue is None:
+            total += x.sum(axis=0, dtype=np.float64)
+        else:
+            total += x[tissue[s : s + len(x)]].sum(axis=0, dtype=np.float64)
         out[s : s + len(x)] = x
-    return out, total / len(z)
+    return out, total / (len(z) if tissue is None else max(int(tissue.sum()), 1))
 
 
 def slide_content(
-    morph: np.ndarray, lesion_mask: np.ndarray, z: np.ndarray, mean_feature: np.ndarray, atlas: Atlas
+    morph: np.ndarray,
+    lesion_mask: np.ndarray,
+    z: np.ndarray,
+    mean_feature: np.ndarray,
+    atlas: Atlas,
+    tissue: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """What teachers see, in parts with entries of order 1: sqrt background composition, log lesion
     fraction, lesion mean latent (scaled by sqrt(frac): small lesions still move it a little), mean
-    feature. Lesion morphologies are pooled into one fraction so the class is not a free one-hot."""
+    feature. Lesion morphologies are pooled into one fraction so the class is not a free one-hot.
+    Only the `tissue` patches count (artifacts are invisible to teachers; all patches when None)."""
+    if tissue is not None:
+        morph, lesion_mask, z = morph[tissue], lesion_mask[tissue], z[tissue]
     n_bg = len(atlas.background)
     counts = np.bincount(morph[~lesion_mask], minlength=len(atlas.names))[:n_bg]
     frac = float(lesion_mask.mean())
@@ -119,6 +144,36 @@ class Slide:
     morphology: np.ndarray
     n_lesion: int
     embeddings: dict[str, np.ndarray]
+    n_artifact: int = 0
+
+
+def _slide_means(plan: SlidePlan, spec: DatasetSpec, atlas: Atlas, case: CaseEffects) -> np.ndarray:
+    """Morphology means of one slide: the atlas plus its case's drift and lesion shift, plus the
+    PAM50-like class shift of the tumour (a subtle, diffuse displacement, not a separate cluster)."""
+    means = atlas.means + case.drift
+    for name in spec.lesion_morphologies:  # per-case lesion shift: the within-class spread of tumours
+        means[atlas.index(name)] += case.lesion
+    if spec.kind == "pam50":
+        t = atlas.index(PAM50_TUMOUR)
+        size = spec.lesion["subtype_shift"] * spread(atlas.factors[t], atlas.diags[t])
+        means[t] += size * atlas.class_dirs[plan.label]
+    return means
+
+
+def _add_artifacts(
+    plan: SlidePlan, grid_index, lesion_mask, z, morph, means, preset: Preset, atlas: Atlas, seed: int
+) -> np.ndarray | None:
+    """Artifact pieces over non-lesion tissue (own stream); returns the tissue mask, None without."""
+    if not atlas.artifacts:
+        return None
+    rng = stream_rng(seed, plan.dataset, plan.index, "artifacts")
+    pieces = place_artifacts(grid_index, lesion_mask, preset, atlas, rng)
+    tissue = np.ones(len(morph), dtype=bool)
+    for cells, code in pieces:
+        z[cells] = draw_latents(np.full(len(cells), code), means, atlas, rng)
+        morph[cells] = code
+        tissue[cells] = False
+    return tissue
 
 
 def build_slide(plan: SlidePlan, spec: DatasetSpec, preset: Preset, atlas: Atlas, seed: int) -> Slide:
@@ -132,9 +187,7 @@ def build_slide(plan: SlidePlan, spec: DatasetSpec, preset: Preset, atlas: Atlas
     bg = background_map(mask, spec.background, atlas, preset.tissue, rng)
     lesions = place_lesions(plan, spec, grid_index, atlas, preset.tissue, rng)
     case = case_effects(plan, preset, atlas, seed)
-    means = atlas.means + case.drift
-    for name in spec.lesion_morphologies:  # per-case lesion shift: the within-class spread of tumours
-        means[atlas.index(name)] += case.lesion
+    means = _slide_means(plan, spec, atlas, case)
     z = draw_latents(bg, means, atlas, rng)
     morph = bg.copy()
     for les in lesions:
@@ -147,14 +200,23 @@ def build_slide(plan: SlidePlan, spec: DatasetSpec, preset: Preset, atlas: Atlas
     lesion_mask = np.zeros(plan.n_patches, dtype=bool)
     for les in lesions:
         lesion_mask[les.cells] = True
+    tissue = _add_artifacts(plan, grid_index, lesion_mask, z, morph, means, preset, atlas, seed)
+    site = case_site(seed, preset, plan.dataset, plan.case_index)
     features, mean_feature = latents_to_features(
-        z, atlas, preset, case.stain, stream_rng(seed, plan.dataset, plan.index, "noise")
+        z,
+        atlas,
+        preset,
+        case.stain,
+        stream_rng(seed, plan.dataset, plan.index, "noise"),
+        site=None if site is None else atlas.sites[site],
+        tissue=tissue,
     )
-    content = slide_content(morph, lesion_mask, z, mean_feature, atlas)
+    content = slide_content(morph, lesion_mask, z, mean_feature, atlas, tissue)
     embeddings = {
         t.spec.name: teacher_embedding(
             t, content, preset, stream_rng(seed, plan.dataset, plan.index, "teacher", t.spec.name)
         )
         for t in atlas.teachers
     }
-    return Slide(plan, features, coords, morph.astype(np.int16), int(lesion_mask.sum()), embeddings)
+    n_art = 0 if tissue is None else int((~tissue).sum())
+    return Slide(plan, features, coords, morph.astype(np.int16), int(lesion_mask.sum()), embeddings, n_art)

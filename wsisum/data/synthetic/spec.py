@@ -13,9 +13,11 @@ import numpy as np
 
 from wsisum.data.ground_truth import BACKGROUND_MORPHOLOGIES
 
-KINDS = ("camelyon", "brca", "bracs")
+KINDS = ("camelyon", "brca", "bracs", "pam50")
 CAMELYON_CLASSES = ("negative", "itc", "micro", "macro")
 BRCA_CLASSES = ("IDC", "ILC")
+PAM50_CLASSES = ("LumA", "LumB", "Her2", "Basal")  # PAM50-like molecular subtypes (Normal-like left out)
+PAM50_TUMOUR = "tumour"  # the one tumour morphology every pam50-kind slide has; the class shifts its mean
 BRACS_NAMES = ("N", "PB", "UDH", "FEA", "ADH", "DCIS", "IC")  # BRACS order, benign -> invasive
 FEATURE_DTYPES = ("float16", "float32")
 N_PATCHES_DISTS = ("uniform", "loguniform", "logspace")
@@ -53,6 +55,8 @@ class DatasetSpec:
             return ("metastasis",)
         if self.kind == "brca":
             return ("idc", "ilc")
+        if self.kind == "pam50":
+            return (PAM50_TUMOUR,)
         return tuple(f"lesion_{c}" for c in self.classes)
 
 
@@ -73,6 +77,9 @@ class Preset:
     morphology: dict[str, float]
     features: dict[str, float]
     tissue: dict[str, Any]
+    teacher_parts: dict[str, float]  # typical weight of each content part in a teacher
+    artifacts: dict[str, Any]
+    sites: dict[str, Any]
     teacher_hidden: int
     teacher_noise: float
     teacher_output_noise: float
@@ -97,9 +104,20 @@ def bracs_class_names(n_classes: int) -> tuple[str, ...]:
     return tuple(BRACS_NAMES[i] for i in picks)
 
 
-def morphology_names(preset: Preset) -> tuple[str, ...]:
-    """Background vocabulary then every dataset's lesion morphologies, first-seen order."""
-    names = list(BACKGROUND_MORPHOLOGIES)
+def artifact_names(preset: Preset) -> tuple[str, ...]:
+    """The artifact morphologies of the cohort (none when artifacts are off)."""
+    return tuple(preset.artifacts["kinds"]) if preset.artifacts["slide_probability"] > 0 else ()
+
+
+def lesion_names_of(preset: Preset) -> tuple[str, ...]:
+    """Every dataset's lesion morphologies, first-seen order."""
+    names: list[str] = []
     for d in preset.datasets:
         names += [m for m in d.lesion_morphologies if m not in names]
     return tuple(names)
+
+
+def morphology_names(preset: Preset) -> tuple[str, ...]:
+    """Background vocabulary, every dataset's lesion morphologies (first-seen order), then the
+    artifacts (appended last, so the codes of a cohort without artifacts do not change)."""
+    return tuple(BACKGROUND_MORPHOLOGIES) + lesion_names_of(preset) + artifact_names(preset)

@@ -50,6 +50,8 @@ def write_slide(out_dir: Path, slide: Slide, spec: DatasetSpec, preset: Preset, 
             "preset": preset.name,
             "seed": seed,
         }
+        if atlas.artifacts:  # worlds with artifacts; cohorts without keep their former attrs
+            attrs["n_artifact_patches"] = slide.n_artifact
         coords_attrs = {
             "patch_size": preset.patch_size,
             "patch_size_level0": preset.patch_size_level0,
