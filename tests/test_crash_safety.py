@@ -7,6 +7,7 @@ random; the seed is printed so a failure can be replayed.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ import torch
 from tests.conftest import REPO, make_cohort
 from wsisum.data.bags import read_bag
 from wsisum.data.datamodules import _in_val
+from wsisum.runlock import LOCK_FILE, describe
 
 SEED = int(os.environ.get("WSISUM_KILL_SEED", random.randrange(10_000)))
 N_SLIDES = 40
@@ -130,9 +132,12 @@ def test_train_killed_twice_resumes_from_last_ckpt(tmp_path: Path) -> None:
         seen.append(_ckpt_epoch(last))
     assert seen[0] is not None and seen[1] is not None and seen[1] > seen[0], f"kill seed {SEED}: {seen}"
     assert seen[1] < epochs - 1, f"kill seed {SEED}: the run finished before the second kill"
+    dead = json.loads((run / LOCK_FILE).read_text())  # the named run dir's lock, left by the killed run
     r = subprocess.run(args, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"kill seed {SEED}\n{r.stderr[-3000:]}"
+    assert f"taking over a stale lock ({describe(dead)}: its process is gone)" in r.stderr
     assert f"resuming from {last}" in r.stderr + r.stdout
+    assert not (run / LOCK_FILE).exists()
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     n_train = sum(not _in_val(f"dsA-{i:03d}", 0, 0.2) for i in range(10))  # steps per epoch (batch 1)
     assert ckpt["epoch"] == epochs - 1 and ckpt["global_step"] == epochs * n_train, (ckpt["epoch"], ckpt["global_step"])

@@ -35,6 +35,7 @@ from wsisum.evaluate.hydra_callbacks import FAILED_FILE
 from wsisum.evaluate.protocol import check_engine, run_replicas
 from wsisum.evaluate.runner import EvaluationResult, run_evaluation
 from wsisum.evaluate.setup import is_multirun
+from wsisum.runlock import named_run_dir_lock
 
 log = logging.getLogger(__name__)
 SHOWN = ("test_auroc", "test_balanced_accuracy", "test_f1_macro", "epoch_time_s", "peak_rss_mb", "patches_per_bag")
@@ -74,9 +75,10 @@ def evaluate(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # lightning 2.6 + torch 2.13 noise
     if not is_multirun():
-        value = report_input_errors(evaluate)(cfg)
-        if read_ledger(cfg.paths.output_dir):
-            raise SystemExit(1)  # metrics written without the bad slides; the run is not what was asked for
+        with named_run_dir_lock(cfg):  # a named run dir (hydra.run.dir=...) takes one run at a time
+            value = report_input_errors(evaluate)(cfg)
+            if read_ledger(cfg.paths.output_dir):
+                raise SystemExit(1)  # metrics written without the bad slides; the run is not what was asked for
         return value
     # in a sweep a bad input fails its job only: one line, a FAILED marker, and the other jobs go on;
     # the aggregation callback lists failed jobs and exits non-zero at the end

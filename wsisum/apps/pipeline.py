@@ -44,6 +44,7 @@ from wsisum.run_layout import (
     last_checkpoint,
     summary_set_name,
 )
+from wsisum.runlock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -327,33 +328,33 @@ def run_stages(study: Study, cfg: DictConfig, root: Path) -> None:
 
 @report_input_errors
 def pipeline(cfg: DictConfig) -> Study:
-    run_dir = check_writable(cfg.run_dir, "study directory")
-    root = Path(cfg.cohort.root)
-    study = Study(run_dir)
-    console.print(f"[bold]wsisum study[/bold] '{cfg.study_name}' in {run_dir} (cohort {root})")
-    with batch_console(bool(cfg.get("verbose", False))):
-        plan = Study(run_dir, planning=True)  # a dry pass that only counts the stages, for the display's ETA
-        run_stages(plan, cfg, root)
-        with study_display(console, len(plan.planned)) as advance:
-            study.advance = advance
-            run_stages(study, cfg, root)
-        results = stage_metrics(run_dir, EVALUATE_DIR, RESULTS_FILE)
-        stage_metrics(run_dir, RETRIEVE_DIR, RETRIEVAL_FILE)
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        study.write_summary(plain)
-        if cfg.report.enabled and results is not None:
-            stage_report(cfg, run_dir, plain)
-    _print_stages(study)
-    failed = [k for k, r in study.results.items() if r.status == "failed"]
-    if failed:
-        print_error(f"{len(failed)} stage(s) failed: {', '.join(failed)}", prefix=None)
-    partial = runs_with_bad_slides(study.run_dir, f"**/{LEDGER_FILE}")  # stages that ran without some slides
-    for stage, n in partial:
-        name = stage.relative_to(study.run_dir)
-        print_error(f"stage {name} skipped {n} bad slide(s), listed in {stage / LEDGER_FILE}", prefix=None)
-    if failed or partial:
-        raise SystemExit(1)
-    return study
+    with run_lock(run_dir := check_writable(cfg.run_dir, "study directory")):  # a second study: one line
+        root = Path(cfg.cohort.root)
+        study = Study(run_dir)
+        console.print(f"[bold]wsisum study[/bold] '{cfg.study_name}' in {run_dir} (cohort {root})")
+        with batch_console(bool(cfg.get("verbose", False))):
+            plan = Study(run_dir, planning=True)  # a dry pass that only counts the stages, for the display's ETA
+            run_stages(plan, cfg, root)
+            with study_display(console, len(plan.planned)) as advance:
+                study.advance = advance
+                run_stages(study, cfg, root)
+            results = stage_metrics(run_dir, EVALUATE_DIR, RESULTS_FILE)
+            stage_metrics(run_dir, RETRIEVE_DIR, RETRIEVAL_FILE)
+            plain = OmegaConf.to_container(cfg, resolve=True)
+            study.write_summary(plain)
+            if cfg.report.enabled and results is not None:
+                stage_report(cfg, run_dir, plain)
+        _print_stages(study)
+        failed = [k for k, r in study.results.items() if r.status == "failed"]
+        if failed:
+            print_error(f"{len(failed)} stage(s) failed: {', '.join(failed)}", prefix=None)
+        partial = runs_with_bad_slides(study.run_dir, f"**/{LEDGER_FILE}")  # stages that ran without some slides
+        for stage, n in partial:
+            name = stage.relative_to(study.run_dir)
+            print_error(f"stage {name} skipped {n} bad slide(s), listed in {stage / LEDGER_FILE}", prefix=None)
+        if failed or partial:
+            raise SystemExit(1)
+        return study
 
 
 def _print_stages(study: Study) -> None:

@@ -18,6 +18,7 @@ from wsisum.data.datamodules import PretrainDataModule
 from wsisum.errors import InputError
 from wsisum.lit.bad_slides import BadSlideCallback
 from wsisum.lit.pretrain import SummarizerPretraining
+from wsisum.runlock import named_run_dir_lock
 from wsisum.sampling.cluster_cache import format_stats, stats_since, stats_snapshot
 from wsisum.teachers.fusion import FUSION_FILE, fit_training_fusion
 
@@ -86,7 +87,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with named_run_dir_lock(cfg):  # a named run dir (hydra.run.dir=...) takes one run at a time
+        metrics = train(cfg)
     if metrics.get(BAD_INPUTS):
         raise SystemExit(1)  # trained and saved without them, but the run is not what was asked for
     return metrics.get("val/teacher_cos")  # the value an Optuna sweep optimises
