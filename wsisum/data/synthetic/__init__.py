@@ -13,15 +13,23 @@ What makes it realistic (and summarization non-trivial):
 - slide-level "teacher" embeddings (TITAN/CHIEF/PRISM/GIGAPATH dims and norms) are different fixed
   random functions of the slide content plus noise: informative about the label, never perfect.
 
+Worlds (`preset=worlds`, docs/worlds.md; all off in base/common.yaml, so other presets are
+unchanged): artifacts (pen, fold, blur, bubble, edge: isolated, non-diagnostic, invisible to
+teachers), site shifts, real feature geometry (a shared direction, tighter tumours; calibrated against
+real CONCH/UNI bags with `scripts/feature_geometry.py`), tumours anchored near normal epithelium, a
+PAM50-like kind (the class is a diffuse shift of one tumour) and teachers weighing lesion content most.
+
 Every random draw is seeded: the atlas (prototypes, projections, teachers) from `seed`, cohort
 plans from (seed, dataset), case effects from (seed, dataset, case), each slide from
 (seed, dataset, slide index). So a resumed or reordered run writes identical arrays.
 
 Modules, in dependency order: `spec` (vocabulary and frozen specs), `seeds` (named random streams),
-`plan` (labels, cases, sizes, splits), `preset` (validation), `atlas` (shared generative model),
-`geometry` (tissue, regions, lesions), `slide` (latents, features, embeddings), `layout` (paths and
-marker names), `writer` (bags, embeddings, CSVs), `manifest` (cohort.json and the resume decision),
-`cohort` (`generate_cohort`). This package re-exports what callers used from the former module.
+`plan` (labels, cases, sizes, splits), `worlds` (the world switches: their preset sections and atlas
+parts), `preset` (validation), `atlas` (shared generative model), `geometry` (tissue, regions,
+lesions), `artifacts` (artifact pieces on the grid), `slide` (latents, features, embeddings),
+`layout` (paths and marker names), `writer` (bags, embeddings, CSVs), `manifest` (cohort.json and
+the resume decision), `cohort` (`generate_cohort`), `calibration` (feature geometry of a bag). This
+package re-exports what callers used from the former module.
 """
 
 from __future__ import annotations
