@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow test-gpu lint format bench clean install-gpu
+.PHONY: demo test test-slow test-gpu check-wheel lint format bench clean install-gpu
 
 # torch first, pinned: the CPU wheel of this release is what these machines carry; an unpinned torch
 # would pull a multi-GB CUDA build. On a GPU machine: `make install-gpu` adds CUDA faiss.
@@ -28,6 +28,11 @@ test: lint
 # the long tests (100k-patch slides, Optuna, DDP evaluation, TransMIL at 100k): CI runs them after `test`
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
+
+# wsisum as users install it: the wheel (built from the sdist, configs inside) in a fresh venv, its apps and
+# the README's API example run from outside the clone (scripts/check_wheel.sh; CI runs it after test-slow)
+check-wheel: $(STAMP)
+	VENV=$(VENV) PYTHON=$(PYTHON) scripts/check_wheel.sh
 
 # the CUDA checks (tests/gpu, marked gpu: skipped without CUDA) and their table of figures; on a GPU
 # machine after `make install-gpu`. `scripts/check_gpu.py --out FILE` runs the same and writes the table.
