@@ -32,8 +32,8 @@ from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.memory import peak_rss_mb
 from wsisum.run_layout import last_checkpoint
 from wsisum.sampling.facility import cosine_matrix
+from wsisum.sampling.stratified import quota_size
 from wsisum.summarize.scorer import CandidateScorer, load_summarizer, random_candidates
-from wsisum.summarize.search import quota_size
 from wsisum.summarize.selection import SummaryObjective, guided_search, random_completions
 
 REPO = Path(__file__).resolve().parents[1]

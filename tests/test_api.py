@@ -107,7 +107,11 @@ def test_every_registered_sampler_is_reachable(tmp_path: Path) -> None:
     features, coords = slide()
     options = {
         "attention": {"ckpt_path": abmil_checkpoint(tmp_path / "abmil.ckpt", 16)},
-        "wsisum": {"ckpt_path": summarizer_checkpoint(tmp_path / "last.ckpt", 16), "target": "self"},
+        "wsisum_search": {
+            "ckpt_path": summarizer_checkpoint(tmp_path / "last.ckpt", 16),
+            "target": "self",
+            "teacher_weight": 1.0,
+        },
     }
     assert {"random", "kmeans", "location", "attention", "wsisum", "mosaic", "facility"} <= set(sampler_names())
     for name in sampler_names():
@@ -135,7 +139,10 @@ def test_bad_calls_are_one_line_each() -> None:
         ({"sampler": "nope"}, "unknown sampler 'nope'; valid samplers: attention, entropy"),
         ({"n_clusterz": 5}, "sampler=kmeans has no option n_clusterz; valid options: seed, n_clusters,"),
         ({"sampler": "location", "coords": None}, "sampler=location needs coords=(N, 2) patch positions"),
-        ({"sampler": "wsisum", "teacher_weight": 1.0}, "sampler=wsisum needs ckpt_path=<a wsisum-train checkpoint>"),
+        (
+            {"sampler": "wsisum_search", "teacher_weight": 1.0},
+            "sampler=wsisum needs ckpt_path=<a wsisum-train checkpoint>",
+        ),
         ({"sampler": "attention"}, "sampler=attention needs a trained attention-MIL model"),
         ({"budget": "auto"}, "budget=auto needs a sampler that sets its own size"),
         ({"features": features[:, :, None]}, "features must be a non-empty 2-D array"),
@@ -151,7 +158,10 @@ def test_bad_calls_are_one_line_each() -> None:
 def test_default_wsisum_needs_no_checkpoint() -> None:
     features, coords = slide()
     assert len(wsisum.summarize(features, coords, 16, "wsisum").indices) == 16
-    assert not build_sampler("wsisum").needs_model  # patch level only: no checkpoint, no forward
+    assert not build_sampler("wsisum").loads_model({}) and build_sampler("wsisum_search").loads_model(
+        {"faithful": True}
+    )
+    assert not build_sampler("wsisum_search").needs_model  # patch level only: no checkpoint, no forward
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +239,8 @@ def test_summarizer_loads_once_and_scores_with_teachers(tmp_path: Path, monkeypa
     assert other_score != pytest.approx(scores[1], abs=1e-6)  # the teachers are what it scores against
     teacher_free = summarizer.select(features, coords, 16, slide_id="s1")
     assert len(teacher_free.indices) == 16 and summarizer.sampler("self").needs_model
-    assert teacher_free.score != pytest.approx(wsisum.summarize(features, coords, 16, "wsisum", slide_id="s1").score)
+    patch_level = wsisum.summarize(features, coords, 16, "wsisum_search", slide_id="s1").score
+    assert teacher_free.score != pytest.approx(patch_level)
     assert len(loads) == 1  # three slides and two targets, one model load
 
 

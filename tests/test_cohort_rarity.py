@@ -62,7 +62,7 @@ def test_codebook_cache_serves_the_same_bags_only(tmp_path: Path, monkeypatch: p
     cohort = Cohort(tmp_path / "c")
     bags = [(sid, rec.bag_path) for sid, rec in cohort.slides.items()]
     first = cohort_codebook("ds", bags, tmp_path / "cache", n_words=16, per_slide=100)
-    assert len(list((tmp_path / "cache").glob("codebook-ds-*.npz"))) == 1
+    assert len(list((tmp_path / "cache").glob("codebook-v2-ds-*.npz"))) == 1
 
     def refit(*args, **kwargs) -> Codebook:
         raise AssertionError("fitted again")
@@ -98,4 +98,4 @@ def test_cohort_rarity_keeps_the_lesion_at_16_patches(tmp_path: Path) -> None:
     n_lesion = sum(bool(len(r)) for r in lesions.values())
     assert cohort_hits == n_lesion  # 4 quota patches at 16: the lesion first on every lesion slide
     assert slide_hits < n_lesion  # within the slide the lesion is one of 41 equally isolated groups
-    assert list((tmp_path / "cache").glob("codebook-ds-*.npz"))  # fitted once, kept for the next run
+    assert list((tmp_path / "cache").glob("codebook-v2-ds-*.npz"))  # fitted once, kept for the next run

@@ -33,15 +33,16 @@ def test_every_stage_ran(study) -> None:
     samplers, budgets, tasks = ["random", "kmeans", "wsisum"], [8, 32], ["syn_brca", "syn_camelyon17"]
     expected = {"cohort", "train"} | {f"summarize/{s}_{b}" for s in samplers for b in budgets}
     expected |= {f"evaluate/{t}/{s}_{b}" for t in tasks for s in samplers for b in budgets}
+    expected |= {"summarize/wsisum-teacher_8"} | {f"evaluate/{t}/wsisum-teacher_8" for t in tasks}
     expected |= {f"evaluate/{t}/full" for t in tasks}
     expected |= {f"retrieve/{t}/{s}_{b}" for t in tasks for s in samplers for b in budgets}
     expected |= {f"retrieve/{t}/full" for t in tasks}
     assert set(summary["stages"]) == expected and set(summary["stages"].values()) == {"ran"}
     results = pd.read_csv(run / "results.csv")
     assert set(results["task"]) == set(tasks)
-    assert set(results["sampler"]) == {"full", *samplers}
+    assert set(results["sampler"]) == {"full", *samplers, "wsisum-teacher"}
     auroc = results[results["metric"] == "test_auroc"]
-    assert len(auroc) == len(tasks) * (1 + len(samplers) * len(budgets))
+    assert len(auroc) == len(tasks) * (2 + len(samplers) * len(budgets))
     for s in samplers:
         for b in budgets:
             assert len(list((run / "summaries" / f"{s}_{b}").rglob("*.h5"))) == 64
@@ -92,6 +93,17 @@ def test_rerun_reuses_every_stage(study) -> None:
     stages = json.loads((tmp / "run" / "study.json").read_text())["stages"]
     assert stages["summarize/random_8"] == "ran" and stages["evaluate/syn_brca/random_8"] == "ran"
     assert stages["train"] == "reused" and stages["evaluate/syn_brca/full"] == "reused"
+
+
+def test_a_study_whose_samplers_load_no_model_skips_pretraining(tmp_path: Path) -> None:
+    """The default summary needs no model: without a model-scoring variant nothing is pretrained,
+    and the stage line says why."""
+    proc = _pipeline(tmp_path, "summarize.ablations=[]", "evaluate.tasks=[syn_brca]", "retrieve.enabled=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipped pretraining: no sampler or variant of this study loads the summarizer" in proc.stdout
+    stages = json.loads((tmp_path / "run" / "study.json").read_text())["stages"]
+    assert "train" not in stages and "summarize/wsisum_8" in stages
+    assert not (tmp_path / "run" / "train").exists()
 
 
 def test_budget_auto_runs_only_for_samplers_that_size_themselves(tmp_path: Path) -> None:

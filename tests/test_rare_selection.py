@@ -14,17 +14,14 @@ from tests.test_search import TEACHERS, _train
 from wsisum.data.bags import read_bag
 from wsisum.lit.pretrain import SummarizerPretraining
 from wsisum.models.summarizer import random_visible
-from wsisum.sampling.allocation import allocate
+from wsisum.sampling.allocation import allocate, pool_weights
 from wsisum.sampling.facility import cosine_matrix, facility_location_greedy
 from wsisum.sampling.pool import PoolTransform
 from wsisum.sampling.rare import outlier_scores, weighted_farthest_points
 from wsisum.sampling.samplers import KMeansSampler
-from wsisum.summarize.search import WSISumSampler, quota_size
-from wsisum.summarize.selection import (
-    SummaryObjective,
-    guided_search,
-    pool_weights,
-)
+from wsisum.sampling.stratified import quota_size
+from wsisum.summarize.search import WSISumSampler
+from wsisum.summarize.selection import SummaryObjective, guided_search
 
 
 def lesion_slide(n: int = 3000, n_lesion: int = 3, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

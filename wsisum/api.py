@@ -121,7 +121,9 @@ def summarize(
 
 
 class Summarizer:
-    """The learned summary (`sampler=wsisum`) with its checkpoint loaded once for many slides."""
+    """The search summary with the pretrained student scoring it (`sampler=wsisum_search`,
+    `teacher_weight=1` unless given), its checkpoint loaded once for many slides. The default
+    summary, `summarize(..., sampler="wsisum")`, needs no checkpoint."""
 
     def __init__(self, module: Any, ckpt_path: str, device: str, seed: int = 0, options: dict | None = None):
         self.module, self.ckpt_path, self.device, self.seed = module, ckpt_path, device, int(seed)
@@ -131,7 +133,8 @@ class Summarizer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", *, seed: int = 0, **options: Any) -> Summarizer:
         """Load a `wsisum-train` checkpoint (`device="auto"`: cuda when available, else cpu);
-        `options` are `configs/sampler/wsisum.yaml` keys (default here: `teacher_weight=1`)."""
+        `options` are `configs/sampler/wsisum_search.yaml` keys (default here: `teacher_weight=1`,
+        where the CLI's `sampler=wsisum_search` has 0)."""
         from wsisum.summarize.scorer import load_summarizer, resolve_device
 
         clash = sorted(set(options) & set(SET_BY_SUMMARIZER))
@@ -148,7 +151,7 @@ class Summarizer:
     def sampler(self, target: str) -> Sampler:
         if target not in self.samplers:
             fixed = {"ckpt_path": self.ckpt_path, "device": self.device, "target": target}
-            self.samplers[target] = build_sampler("wsisum", self.seed, **(self.options | fixed))
+            self.samplers[target] = build_sampler("wsisum_search", self.seed, **(self.options | fixed))
         return self.samplers[target]
 
     def select(

@@ -122,15 +122,22 @@ def summary_recipes(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstream: list[str]) -> dict[str, Path]:
+def loads_model(scfg: DictConfig) -> bool:
+    """Whether this summary recipe's sampler scores with the pretrained summarizer (`Sampler.loads_model`)."""
+    return bool(get_class(scfg.sampler._target_).loads_model(scfg.sampler))
+
+
+def stage_summaries(
+    study: Study, cfg: DictConfig, root: Path, pretrained: Callable[[], Path], upstream: list[str]
+) -> dict[str, Path]:
+    """Every sampler and variant at every budget. `pretrained` runs (or reuses) the pretraining stage
+    and is called only for a recipe whose sampler loads the model, so the others never wait for it."""
     from wsisum.apps.summarize import summarize
 
     made = {}
     variants = cfg.summarize.get("variants") or {}
     for name, sampler, extra in summary_recipes(cfg):
-        train_key, model = TRAIN_DIR, ckpt
-        if name in variants and variants[name].get("train_overrides"):
-            train_key, model = f"{TRAIN_DIR}/{name}", stage_train(study, cfg, root, upstream, variant=name)
+        own_model = name in variants and variants[name].get("train_overrides")
         budgets = cfg.summarize.budgets
         if name in variants and cfg.summarize.get("ablation_budgets"):
             budgets = cfg.summarize.ablation_budgets  # ablations may run at fewer budgets than the samplers
@@ -147,15 +154,19 @@ def stage_summaries(study: Study, cfg: DictConfig, root: Path, ckpt: Path, upstr
                 f"seed={cfg.seed}",
                 f"cache_dir={study.run_dir / CACHE_DIR}",
                 f"paths.output_dir={study.run_dir / LOGS_DIR / 'summarize' / label}",
+                *extra,
             ]
             needs = list(upstream)
-            if sampler == "wsisum":
-                overrides.append(f"sampler.ckpt_path={model}")
-                needs.append(train_key)
-            overrides += extra
             scfg = compose_stage("summarize", overrides)
             if str(budget) == "auto" and not get_class(scfg.sampler._target_).auto_size:
                 continue  # budget=auto is for the samplers that size their own summaries (mosaic, sdm, splice)
+            if loads_model(scfg):
+                if own_model:
+                    train_key, model = f"{TRAIN_DIR}/{name}", stage_train(study, cfg, root, upstream, variant=name)
+                else:
+                    train_key, model = TRAIN_DIR, pretrained()
+                scfg = compose_stage("summarize", [*overrides, f"sampler.ckpt_path={model}"])
+                needs.append(train_key)
             study.run(f"summarize/{label}", scfg, lambda c=scfg: summarize(c), needs, outputs=[out], clean=remove(out))
             made[label] = out
     return made
@@ -320,8 +331,16 @@ def run_stages(study: Study, cfg: DictConfig, root: Path) -> None:
     up = stage_cohort(study, cfg, root)
     if not study.planning:
         stage_check(cfg, root)
-    ckpt = stage_train(study, cfg, root, up)
-    summaries = stage_summaries(study, cfg, root, ckpt, up)
+    trained: list[Path] = []
+
+    def pretrained() -> Path:  # the pretraining stage, run at most once and only when a summary loads the model
+        if not trained:
+            trained.append(stage_train(study, cfg, root, up))
+        return trained[0]
+
+    summaries = stage_summaries(study, cfg, root, pretrained, up)
+    if not trained and not study.planning:
+        study.say("[dim]skipped[/dim] pretraining: no sampler or variant of this study loads the summarizer")
     stage_evaluate(study, cfg, root, summaries, up)
     stage_retrieve(study, cfg, root, summaries, up)
 

@@ -58,3 +58,15 @@ def allocate(sizes: np.ndarray, budget: int, min_per_stratum: int = 0, power: fl
         order = order[(sizes - alloc)[order] > 0][:left]
         alloc[order] += 1
     return alloc
+
+
+def pool_weights(pool_clusters: np.ndarray, slide_clusters: np.ndarray) -> np.ndarray:
+    """Each pool patch's share of the slide: (slide patches of its cluster) / (pool patches of it).
+
+    The inverse of its cluster's inclusion rate (a Horvitz-Thompson weight), so a weighted mean over
+    the pool estimates the same mean over the whole slide whatever the pool's allocation.
+    """
+    pool_clusters = np.asarray(pool_clusters, dtype=np.int64)
+    in_slide = np.bincount(np.asarray(slide_clusters, dtype=np.int64))  # the pool is a subset of the slide
+    in_pool = np.bincount(pool_clusters, minlength=len(in_slide))
+    return in_slide[pool_clusters] / np.maximum(in_pool[pool_clusters], 1)

@@ -45,6 +45,12 @@ class Sampler(ABC):
         """Share one clustering per slide with every stage and sampler of the study (`cluster_cache`)."""
         self.clusters = store
 
+    @classmethod
+    def loads_model(cls, options: Any) -> bool:
+        """Whether a sampler built from `options` (its config) scores with a pretrained summarizer, so
+        that a study pretrains only for the summaries that need it. None of the model-free ones does."""
+        return False
+
     def rng(self, slide_id: str) -> np.random.Generator:
         return rng_for(self.seed, slide_id, self.name)
 

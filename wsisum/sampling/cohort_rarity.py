@@ -49,6 +49,8 @@ class Codebook:
     centroids: np.ndarray  # (E, W, D) float32
     doc_freq: np.ndarray  # (E, W) slides with at least one sampled patch of the word
     n_slides: int
+    presence: np.ndarray | None = None  # (E, S, W) bool: which words each fitted slide holds
+    slide_ids: tuple[str, ...] = ()  # the S fitted slides, in `presence` order
 
     def words(self, features: np.ndarray, book: int) -> np.ndarray:
         """(N,) nearest word of every patch in codebook `book`. A chunked matmul, not a faiss index: for
@@ -61,24 +63,38 @@ class Codebook:
             out[start : start + len(x)] = np.argmin(half_sq[None, :] - x @ c.T, axis=1)  # argmin of |x - c|^2
         return out
 
+    def patch_values(self, features: np.ndarray, per_word: np.ndarray) -> np.ndarray:
+        """(N,) mean over the codebooks of `per_word` (E, W) at every patch's word."""
+        if features.shape[1] != self.centroids.shape[2]:
+            raise InputError(None, f"feature dim {features.shape[1]} differs from the cohort codebook's")
+        return np.mean([per_word[b][self.words(features, b)] for b in range(len(self.centroids))], axis=0)
+
     def patch_idf(self, features: np.ndarray) -> np.ndarray:
         """(N,) mean over the codebooks of the idf of every patch's word; all ones when the cohort is
         too small to tell (no prior then)."""
         if self.n_slides < MIN_SLIDES:
             return np.ones(features.shape[0])
-        if features.shape[1] != self.centroids.shape[2]:
-            raise InputError(None, f"feature dim {features.shape[1]} differs from the cohort codebook's")
-        idf = np.log(self.n_slides / np.maximum(self.doc_freq, 1.0))
-        return np.mean([idf[b][self.words(features, b)] for b in range(len(self.centroids))], axis=0)
+        return self.patch_values(features, np.log(self.n_slides / np.maximum(self.doc_freq, 1.0)))
 
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, centroids=self.centroids, doc_freq=self.doc_freq, n_slides=np.int64(self.n_slides))
+            presence = np.zeros((0, 0, 0), bool) if self.presence is None else self.presence
+            ids = np.array(self.slide_ids, dtype=str)
+            np.savez(
+                f,
+                centroids=self.centroids,
+                doc_freq=self.doc_freq,
+                n_slides=np.int64(self.n_slides),
+                presence=presence,
+                slide_ids=ids,
+            )
 
     @classmethod
     def load(cls, path: Path) -> Codebook:
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["centroids"], z["doc_freq"], int(z["n_slides"]))
+            presence = z["presence"] if "presence" in z and z["presence"].size else None
+            ids = tuple(str(i) for i in z["slide_ids"]) if "slide_ids" in z else ()
+            return cls(z["centroids"], z["doc_freq"], int(z["n_slides"]), presence, ids)
 
 
 def fit_codebook(
@@ -93,7 +109,7 @@ def fit_codebook(
     cohort's sample stays under MAX_POINTS (memory), whatever the number of slides."""
     bags = list(bags)
     per_slide = max(1, min(int(per_slide), MAX_POINTS // max(len(bags), 1)))
-    samples = []
+    samples, ids = [], []
     for slide_id, path in bags:
         try:
             x = read_bag(path, check_values=True, metadata=False).features
@@ -101,6 +117,7 @@ def fit_codebook(
             continue
         take = np.sort(rng_for(seed, slide_id, "codebook").permutation(x.shape[0])[:per_slide])
         samples.append(np.asarray(x[take], dtype=np.float16))
+        ids.append(slide_id)
     dims = {s.shape[1] for s in samples}
     if not samples or len(dims) > 1:  # mixed D: no shared codebook, per-slide isolation only
         d = max(dims, default=1)
@@ -109,10 +126,12 @@ def fit_codebook(
     centroids = np.stack(
         [kmeans(pooled, n_words, seed=seed, slide_id=f"cohort-codebook-{b}").centroids for b in range(int(n_books))]
     )
-    book = Codebook(centroids, np.zeros(centroids.shape[:2]), len(samples))
+    presence = np.zeros((len(centroids), len(samples), centroids.shape[1]), dtype=bool)
+    book = Codebook(centroids, np.zeros(centroids.shape[:2]), len(samples), presence, tuple(ids))
     for b in range(len(centroids)):  # a word counts for a slide when any of its sampled patches hits it
-        for s in samples:
-            book.doc_freq[b, np.unique(book.words(s, b))] += 1
+        for i, s in enumerate(samples):
+            presence[b, i, np.unique(book.words(s, b))] = True
+    book.doc_freq = presence.sum(1).astype(np.float64)
     return book
 
 
@@ -136,7 +155,7 @@ def cohort_codebook(
     """The codebook of one dataset, from `cache_dir` when these very bags were seen before."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"codebook-{name}-{bags_digest(bags, n_words, per_slide, seed)}.npz"
+        path = Path(cache_dir) / f"codebook-v2-{name}-{bags_digest(bags, n_words, per_slide, seed)}.npz"
         if path.is_file():
             try:
                 return Codebook.load(path)

@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from wsisum.errors import InputError
+from wsisum.sampling.allocation import pool_weights
 from wsisum.sampling.base import Sampler, Selection
 from wsisum.sampling.cohort_rarity import Codebook, cohort_codebook
 from wsisum.sampling.facility import cosine_matrix
 from wsisum.sampling.pool import PoolTransform, grid_positions
+from wsisum.sampling.stratified import quota_size
 from wsisum.seeding import rng_for
 from wsisum.summarize.scorer import (
     CandidateScorer,
@@ -32,22 +34,16 @@ from wsisum.summarize.scorer import (
     resolve_device,
     search,
 )
-from wsisum.summarize.selection import SummaryObjective, guided_search, pool_weights
+from wsisum.summarize.selection import SummaryObjective, guided_search
 
 SELECTIONS = ("guided", "random")
 COVERAGE_WEIGHTINGS = ("slide", "pool")  # slide: each pool patch weighted by its share of the slide
 RARITIES = ("cohort", "slide")  # cohort: isolation weighted by visual-word idf over the cohort (cohort_rarity.py)
 
 
-def quota_size(budget: int, share: float, composition_patches: int, quota_max: int | None = None) -> int:
-    """Summary patches fixed to the slide's most isolated ones: `share` of those beyond the first
-    `composition_patches`, at most `quota_max`. At tiny budgets the slide's dominant morphologies
-    carry most labels (in the demo study, a 50 % quota at 16 patches cost 0.2-0.3 AUROC on subtype
-    and grade tasks), so rarities only take a share of the patches a summary has beyond its
-    composition; and a slide holds a handful of rare findings whatever the budget, so past the cap
-    the extra patches go to coverage instead of ever less informative outliers."""
-    n = round(share * max(0, int(budget) - int(composition_patches)))
-    return n if quota_max is None else min(n, int(quota_max))
+def model_scores(faithful: bool, selection: str, teacher_weight: float) -> bool:
+    """The model scores candidates only for the slide-level term, random search or the original's mask."""
+    return bool(faithful) or selection != "guided" or float(teacher_weight) != 0.0
 
 
 def check_options(
@@ -120,8 +116,7 @@ class WSISumSampler(Sampler):
         label: str | None = None,
     ):
         super().__init__(seed)
-        # the model scores candidates only for the slide-level term, random search or the original's mask
-        self.needs_model = bool(faithful) or selection != "guided" or float(teacher_weight) != 0.0
+        self.needs_model = model_scores(faithful, selection, teacher_weight)
         check_options(ckpt_path, self.needs_model, target, selection, coverage_weighting, rarity)
         check_numbers(composition_patches, quota_max, rare_quota, summary_quota)
         self.ckpt_path = None if ckpt_path is None else str(ckpt_path)
@@ -146,6 +141,12 @@ class WSISumSampler(Sampler):
         self.needs_teachers = target == "teacher" and self.needs_model
         if label:  # an ablation variant is its own sampler in summaries and metrics (e.g. wsisum-noquota)
             self.name = str(label)
+
+    @classmethod
+    def loads_model(cls, options: Any) -> bool:
+        return model_scores(
+            options.get("faithful", False), options.get("selection", "guided"), options.get("teacher_weight", 0.0)
+        )
 
     def rng(self, slide_id: str) -> np.random.Generator:
         """The same stream for every variant (keyed `wsisum`, not the label): an ablation then differs

@@ -66,18 +66,6 @@ class SummaryObjective:
         return score.numpy().astype(np.float64)
 
 
-def pool_weights(pool_clusters: np.ndarray, slide_clusters: np.ndarray) -> np.ndarray:
-    """Each pool patch's share of the slide: (slide patches of its cluster) / (pool patches of it).
-
-    The inverse of its cluster's inclusion rate (a Horvitz-Thompson weight), so a weighted mean over
-    the pool estimates the same mean over the whole slide whatever the pool's allocation.
-    """
-    pool_clusters = np.asarray(pool_clusters, dtype=np.int64)
-    in_slide = np.bincount(np.asarray(slide_clusters, dtype=np.int64))  # the pool is a subset of the slide
-    in_pool = np.bincount(pool_clusters, minlength=len(in_slide))
-    return in_slide[pool_clusters] / np.maximum(in_pool[pool_clusters], 1)
-
-
 def random_completions(rng: np.random.Generator, n: int, pool: int, fixed: np.ndarray, k: int) -> np.ndarray:
     """n random k-subsets of range(pool) that all contain `fixed`."""
     free = np.setdiff1d(np.arange(pool), fixed)
