@@ -137,15 +137,23 @@ def test_mil_labels_follow_the_registry_names() -> None:
     assert mil_name_of("my_lab.models.GraphMIL") == "graphmil"
 
 
-def test_task_configs_match_the_synthetic_cohort(tiny_cohort: Path) -> None:
-    """The syn_* task configs point at the labels/splits the generator writes, with its class names."""
+def test_task_configs_match_the_synthetic_cohort(tiny_cohort: Path, tmp_path: Path) -> None:
+    """The syn_* task configs point at the labels/splits the generator writes, with its class names:
+    the demo's tasks in a `tiny` cohort, the worlds' tasks in a `worlds_tiny` one."""
     import json
 
     from omegaconf import OmegaConf
 
-    manifest = json.loads((tiny_cohort / "cohort.json").read_text())
+    from wsisum.data.synthetic import generate_cohort
+    from wsisum.data.synthetic.preset import load_preset
+
+    worlds = tmp_path / "worlds"
+    generate_cohort(worlds, load_preset("worlds_tiny"), seed=0, progress=False)
+    cohorts = {c: json.loads((c / "cohort.json").read_text()) for c in (tiny_cohort, worlds)}
     for cfg_file in sorted((REPO / "configs" / "task").glob("syn_*.yaml")):
-        t = TaskSpec.from_config(OmegaConf.to_container(OmegaConf.load(cfg_file)), tiny_cohort)
+        datasets = set(OmegaConf.load(cfg_file).datasets)
+        root, manifest = next((c, m) for c, m in cohorts.items() if datasets <= set(m["dataset_tasks"]))
+        t = TaskSpec.from_config(OmegaConf.to_container(OmegaConf.load(cfg_file)), root)
         assert t.labels.is_file() and t.splits_dir.is_dir(), cfg_file.name
         kind = t.labels.stem
         assert list(t.classes) == manifest["tasks"][kind], cfg_file.name
