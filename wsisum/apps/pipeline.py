@@ -283,9 +283,9 @@ def stage_retrieve(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
 
 
 def stage_report(cfg: DictConfig, run_dir: Path, plain: dict) -> None:
-    from wsisum.report import build_report
+    from wsisum.report import annotation_options, build_report
 
-    paths = build_report(run_dir)
+    paths = build_report(run_dir, **annotation_options(cfg.report))
     console.print(f"report: {paths.get('html', paths.get('markdown'))}")
     if cfg.report.wandb.enabled:
         from wsisum.report.wandb_export import export_to_wandb

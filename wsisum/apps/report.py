@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
-from wsisum.report import build_report
+from wsisum.report import annotation_options, build_report
 
 
 @report_input_errors
@@ -20,6 +20,7 @@ def report(cfg: DictConfig) -> dict[str, Path]:
         heatmap_budget=None if cfg.heatmap_budget is None else int(cfg.heatmap_budget),
         metric=str(cfg.metric),
         small_lesion_patches=int(cfg.small_lesion_patches),
+        **annotation_options(cfg),
     )
     print(f"report: {written['markdown']}")
     print(f"        {written['html']}")

@@ -6,12 +6,14 @@
 - `comparisons`: the paired sections (wsisum vs every baseline, retention, ablation), first in the report.
 - `cost`: patches and storage of summaries versus full bags; MIL time per epoch and peak memory.
 - `lesions`: lesion retention of summaries on synthetic cohorts (per-patch ground truth).
+- `annotated`: the lesion share of each summary on slides a user annotated (GeoJSON, QuPath).
 - `plots`: metric-versus-budget and lesion-retention figures.
 - `heatmaps`: selection heatmaps drawn from coords alone.
 - `render`: report.md and a self-contained report.html.
 - `build`: `build_report(run_dir)`, the entry point of `wsisum-report RUN_DIR`.
 """
 
+from wsisum.report.annotated import annotation_options
 from wsisum.report.build import build_report
 
-__all__ = ["build_report"]
+__all__ = ["annotation_options", "build_report"]

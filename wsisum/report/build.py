@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from wsisum.evaluate.aggregate import FULL, aggregate
 from wsisum.evaluate.paired import REFERENCE
 from wsisum.evaluate.results import METRICS_FILE
 from wsisum.report import cost, heatmaps, lesions, plots
+from wsisum.report.annotated import CSV_FILE as ANNOTATED_CSV
+from wsisum.report.annotated import annotated_report
 from wsisum.report.comparisons import PairedResults, paired_results, paired_sections
 from wsisum.report.intrinsic_report import intrinsic_report
 from wsisum.report.render import Document, Figure, Section, to_html, to_markdown
@@ -36,7 +38,7 @@ from wsisum.sampling.cluster_cache import format_stats
 log = logging.getLogger(__name__)
 
 FIGURES = "figures"
-CSV_FILES = ("results_table.csv", "cost_storage.csv", "cost_mil.csv", "lesion_retention.csv")
+CSV_FILES = ("results_table.csv", "cost_storage.csv", "cost_mil.csv", "lesion_retention.csv", ANNOTATED_CSV)
 PAIRED_CSV = ("paired.csv", "retention.csv", "ablation.csv")  # from `comparisons.PairedResults.frames`
 PAIRED_FIG = "paired_difference_vs_budget.png"
 
@@ -233,6 +235,28 @@ def write_lesions(
     return retention, lesion_fig
 
 
+def write_costs(
+    run: RunDir, agg: pd.DataFrame | None, out: Path, written: dict[str, Path]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Storage of the summaries against the full bags, and the MIL training cost (from the metrics)."""
+    storage = cost.storage_costs(run)
+    mil = cost.mil_costs(agg) if agg is not None else pd.DataFrame()
+    if not storage.empty:
+        written["cost_storage"] = _write_csv(out / CSV_FILES[1], storage)
+    if not mil.empty:
+        written["cost_mil"] = _write_csv(out / CSV_FILES[2], mil)
+    return storage, mil
+
+
+def write_annotated(
+    out: Path, written: dict[str, Path], section: Section | None, frame: pd.DataFrame | None
+) -> list[Section]:
+    """The annotated-slides section (`annotated.annotated_report`) and its CSV; [] without annotations."""
+    if frame is not None:
+        written["annotated_lesions"] = _write_csv(out / CSV_FILES[4], frame)
+    return [] if section is None else [section]
+
+
 def remove_stale(out: Path, fig_dir: Path, all_figs: list[Path], written: dict[str, Path]) -> None:
     """Remove outputs of an earlier report that this one no longer has (no data now)."""
     keep = {p.resolve() for p in all_figs} | {p.resolve() for p in written.values()}
@@ -268,17 +292,22 @@ def build_report(
     metric: str = "test_auroc",
     small_lesion_patches: int = lesions.SMALL_LESION_PATCHES,
     candidate: str = REFERENCE,
+    annotations: str | Path | None = None,
+    lesion_classes: Sequence[str] | None = None,
+    annotation_patch_size: int | None = None,
 ) -> dict[str, Path]:
     """Write RUN_DIR/report/{report.md, report.html, *.csv, figures/*.png}; returns name -> path.
 
     Keys: `markdown`, `html`, `results` (RUN_DIR/results.csv, regenerated from evaluate/ when missing
     or stale), `results_table`, `cost_storage`, `cost_mil`, `lesion_retention`, `paired`, `retention`,
-    `ablation` (CSVs, where there is data) and one key per figure (its file stem). The paired tables
-    compare `candidate` with every baseline on the same (fold, seed) replicates by `metric`.
+    `ablation`, `annotated_lesions` (CSVs, where there is data) and one key per figure (its file stem).
+    The paired tables compare `candidate` with every baseline on the same (fold, seed) replicates by
+    `metric`. `annotations`, `lesion_classes`, `annotation_patch_size`: see `report.annotated`.
     """
     run = open_run_dir(run_dir)
     name = run.root.resolve().name
     hm_budget = heatmaps.heatmap_budget(run, heatmap_budget)  # a bad budget fails before anything is written
+    annotated = annotated_report(run, annotations, lesion_classes, annotation_patch_size)  # so does a bad dir
     out = check_writable(run.report_dir, "report directory")
     fig_dir = out / FIGURES
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -286,13 +315,7 @@ def build_report(
 
     agg, figs, pair, pair_fig = write_results(run, out, fig_dir, metric, candidate, written)
 
-    storage = cost.storage_costs(run)
-    mil = cost.mil_costs(agg) if agg is not None else pd.DataFrame()
-    if not storage.empty:
-        written["cost_storage"] = _write_csv(out / CSV_FILES[1], storage)
-    if not mil.empty:
-        written["cost_mil"] = _write_csv(out / CSV_FILES[2], mil)
-
+    storage, mil = write_costs(run, agg, out, written)
     dataset_tasks = (run.manifest or {}).get("dataset_tasks") or {}
     retention, lesion_fig = write_lesions(run, out, fig_dir, dataset_tasks, small_lesion_patches, written)
 
@@ -303,6 +326,7 @@ def build_report(
     sections = [*paired_sections(pair, pair_fig), results_section(agg, figs, metric), cost_section(storage, mil)]
     if retention is not None:
         sections.append(lesion_section(retention, lesion_fig, dataset_tasks, small_lesion_patches))
+    sections += write_annotated(out, written, *annotated)
     sections += retrieval_and_intrinsic_sections(run, out, fig_dir, written)
     sections.append(heatmap_section(hm_budget, hm_figs, retention is not None))
     sections.append(run_section(run, tasks))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from wsisum.data.atomic import TMP_PREFIX, atomic_path
-from wsisum.data.bags import Bag, read_bag
+from wsisum.data.bags import Bag, patch_size_from_attrs, read_bag
 from wsisum.data.output_faults import check_writable
 from wsisum.errors import InputError, positive_int
 
@@ -57,42 +57,6 @@ def sampler_colour(name: str) -> tuple[int, int, int]:
         return SAMPLER_COLOURS[name]
     h = zlib.crc32(name.encode("utf-8"))
     return (64 + h % 192, 64 + (h >> 8) % 192, 64 + (h >> 16) % 192)
-
-
-def _pixels(value: Any) -> float | None:
-    """One positive finite number from an attr (scalar or 1-element array), else None."""
-    try:
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        return None
-    return float(arr[0]) if arr.size == 1 and np.isfinite(arr[0]) and arr[0] > 0 else None
-
-
-def _whole(v: float) -> int | float:
-    return int(round(v)) if abs(v - round(v)) < 1e-6 else v
-
-
-def patch_size_from_attrs(attrs: dict[str, Any]) -> tuple[int | float, int | float] | None:
-    """(width, height) of a patch in level-0 pixels from coords attrs, or None when they do not say.
-
-    TRIDENT (and our synthetic cohorts) write `patch_size_level0`; CLAM writes `patch_size` at
-    `patch_level` with that level's `downsample` (x, y). A level > 0 without a downsample is unknown.
-    """
-    level0 = _pixels(attrs.get("patch_size_level0"))
-    if level0 is not None:
-        return _whole(level0), _whole(level0)
-    size = _pixels(attrs.get("patch_size"))
-    if size is None:
-        return None
-    if "downsample" in attrs:
-        down = np.asarray(attrs["downsample"], dtype=np.float64).reshape(-1)
-        if down.size not in (1, 2) or not (np.isfinite(down) & (down > 0)).all():
-            return None
-        dx, dy = (down[0], down[0]) if down.size == 1 else (down[0], down[1])
-        return _whole(size * dx), _whole(size * dy)
-    if _pixels(attrs.get("patch_level")) is not None:  # a level > 0 whose downsample is not given
-        return None
-    return _whole(size), _whole(size)
 
 
 def patch_size_of(bag: Bag, override: int | None = None) -> tuple[int | float, int | float]:
