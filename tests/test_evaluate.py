@@ -21,10 +21,10 @@ from tests.apps import run_app
 from tests.conftest import compose_config
 from wsisum.data.bags import read_bag, write_bag
 from wsisum.data.splits import write_split
+from wsisum.data.tasks import TaskSpec
 from wsisum.errors import InputError
 from wsisum.evaluate.aggregate import aggregate, collect, markdown_table, plot_metric_vs_budget, write_aggregate
 from wsisum.evaluate.results import COLUMNS, RunLabel, find_metrics, read_metrics, rows_for_fold, write_metrics
-from wsisum.evaluate.tasks import TaskSpec
 from wsisum.lit.classifier import SlideMetrics, load_mil_checkpoint, slide_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from tests.apps import run_app
 from tests.conftest import compose_config
 from wsisum.apps._app import CONFIG_DIR
-from wsisum.evaluate.tasks import TaskSpec
+from wsisum.data.tasks import TaskSpec
 
 GROUPS = ["mil", "task", "trainer", "logger", "callbacks", "hparams_search", "data"]
 FAST = ["threads=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]

@@ -80,3 +80,38 @@ def test_module_level_imports_have_no_cycle() -> None:
         if name not in state:
             visit(name, [name])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+STAGES = (
+    "data",
+    "sampling",
+    "teachers",
+    "models",
+    "lit",
+    "summarize",
+    "evaluate",
+    "retrieve",
+    "report",
+    "pipeline",
+    "apps",
+)
+
+
+def test_a_stage_never_imports_a_later_stage_or_the_package() -> None:
+    """Data flows one way (docs/architecture.md): a module of a stage imports only its own stage, earlier
+    stages and the top-level helpers, never a later stage and never the `wsisum` package itself (whose
+    `__init__` reaches into the stages), at module level or inside a function."""
+    offences = []
+    for name, tree in _modules().items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in STAGES:
+            continue
+        rank = STAGES.index(parts[1])
+        for node in ast.walk(tree):
+            targets = [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            targets += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for target in filter(None, targets):
+                t = target.split(".")
+                if t == ["wsisum"] or (t[0] == "wsisum" and t[1] in STAGES and STAGES.index(t[1]) > rank):
+                    offences.append(f"{name}:{node.lineno} imports {target}")
+    assert offences == []

@@ -36,10 +36,10 @@ def test_configs_are_package_data_and_the_top_level_configs_is_a_link_to_them() 
 
 def test_version_is_one_number() -> None:
     """`wsisum --version` and `python -m wsisum --version` print the package's version, which is the
-    one the wheel is built with (pyproject reads it from `wsisum.__version__`)."""
+    one the wheel is built with (pyproject reads it from `wsisum.version.__version__`)."""
     project = pyproject()
     assert project["project"]["dynamic"] == ["version"]
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "wsisum.__version__"}
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "wsisum.version.__version__"}
     r = subprocess.run([sys.executable, "-m", "wsisum", "--version"], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == f"wsisum {wsisum.__version__}"
     script = Path(sys.executable).parent / "wsisum"

@@ -13,14 +13,14 @@ import types
 from typing import TYPE_CHECKING, Any
 
 from wsisum.errors import InputError
+from wsisum.version import __version__
 
 if TYPE_CHECKING:
     from wsisum.api import Summarizer, write_summary
     from wsisum.data.bags import read_bag
     from wsisum.sampling.base import Selection
 
-__all__ = ["InputError", "Selection", "Summarizer", "read_bag", "summarize", "write_summary"]
-__version__ = "0.1.0"
+__all__ = ["InputError", "Selection", "Summarizer", "__version__", "read_bag", "summarize", "write_summary"]
 
 LAZY_EXPORTS = {
     "Selection": "wsisum.sampling.base",

@@ -16,8 +16,8 @@ from rich.console import Console
 from wsisum.apps._app import CONFIG_DIR, report_input_errors
 from wsisum.data.check import CohortCheck, check_cohort, render_table
 from wsisum.data.layouts import layout_options
+from wsisum.data.tasks import TaskSpec
 from wsisum.errors import print_error
-from wsisum.evaluate.tasks import TaskSpec
 
 
 def _task_choice() -> str | None:

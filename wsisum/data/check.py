@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from wsisum.data.bags import bag_info
 from wsisum.data.cohort import Cohort
 from wsisum.data.hdf5 import read_h5_header
+from wsisum.data.tasks import TaskSpec
 from wsisum.errors import InputError, examples
-from wsisum.evaluate.tasks import TaskSpec
 from wsisum.progress import item_bar
 
 if TYPE_CHECKING:  # labels and splits need pandas: imported where the task is checked, never in workers

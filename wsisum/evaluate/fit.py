@@ -20,11 +20,11 @@ from omegaconf import DictConfig, open_dict
 
 from wsisum.data.bad_slides import read_ledger
 from wsisum.data.datamodules import ClassificationDataModule
+from wsisum.data.tasks import TaskSpec
 from wsisum.evaluate.folds import fold_datamodule
 from wsisum.evaluate.results import RunLabel, write_predictions
 from wsisum.evaluate.scoring import FittedFold, fold_values, recover_cost
 from wsisum.evaluate.setup import run_label
-from wsisum.evaluate.tasks import TaskSpec
 from wsisum.evaluate.trainers import build_trainer, single_device_trainer, without_val_monitor
 from wsisum.lit.classifier import MILClassifier, balanced_class_weights
 from wsisum.lit.trainers import finish_loggers

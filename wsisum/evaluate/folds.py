@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from wsisum.data.bad_slides import BadSlideLedger
 from wsisum.data.datamodules import ClassificationDataModule
-from wsisum.evaluate.tasks import TaskSpec
+from wsisum.data.tasks import TaskSpec
 
 
 def fold_datamodule(

@@ -27,13 +27,13 @@ from wsisum.data.atomic import atomic_path
 from wsisum.data.bad_slides import BadSlideLedger
 from wsisum.data.datasets import BagDataset
 from wsisum.data.splits import PARTS
+from wsisum.data.tasks import TaskSpec
 from wsisum.errors import InputError
 from wsisum.evaluate.folds import fold_datamodule
 from wsisum.evaluate.replicas import BagStore, ReplicaResult, ReplicaSettings, ReplicaSpec, fit_replicas
 from wsisum.evaluate.results import METRICS_FILE, RunLabel, rows_for_fold, write_metrics, write_predictions
 from wsisum.evaluate.runner import EvaluationResult
 from wsisum.evaluate.setup import mil_name_of, prepare_run, run_label
-from wsisum.evaluate.tasks import TaskSpec
 from wsisum.lit.classifier import balanced_class_weights
 
 log = logging.getLogger(__name__)

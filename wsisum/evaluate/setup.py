@@ -16,9 +16,9 @@ from wsisum.data.datamodules import ClassificationDataModule
 from wsisum.data.hdf5 import open_h5
 from wsisum.data.labels import read_labels
 from wsisum.data.splits import read_split, split_files
+from wsisum.data.tasks import TaskSpec
 from wsisum.errors import InputError, examples, positive_int
 from wsisum.evaluate.results import FULL, RunLabel
-from wsisum.evaluate.tasks import TaskSpec
 from wsisum.models.mil import MIL_MODELS
 
 

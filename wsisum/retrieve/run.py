@@ -24,9 +24,9 @@ from wsisum.data.bad_slides import BadSlideLedger, check_on_bad
 from wsisum.data.cohort import Cohort
 from wsisum.data.labels import Labels, read_labels
 from wsisum.data.layouts import layout_options
+from wsisum.data.tasks import TaskSpec
 from wsisum.errors import InputError, positive_int
 from wsisum.evaluate.results import FULL, METRICS_FILE, RunLabel, rows_for_fold, write_metrics
-from wsisum.evaluate.tasks import TaskSpec
 from wsisum.retrieve.index import RetrievalIndex, index_path, load_or_build
 from wsisum.retrieve.metrics import KS, query_outcomes, retrieval_values
 from wsisum.retrieve.search import DISTANCES, SearchResult, search

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-import wsisum
 from wsisum.data.bags import Bag, write_bag
 from wsisum.data.hdf5 import open_h5, plain_attrs
 from wsisum.data.markers import changed_keys
 from wsisum.sampling.base import Selection
+from wsisum.version import __version__
 
 RECIPE_KEYS = ("sampler", "budget", "seed")
 
@@ -41,7 +41,7 @@ def write_summary(path: str | Path, bag: Bag, selection: Selection, recipe: dict
         "n_source": bag.n_patches,
         "n_kept": len(idx),  # the summary's size: below the budget on small slides, the sampler's own with auto
         "score": np.nan if selection.score is None else float(selection.score),
-        "wsisum_version": wsisum.__version__,
+        "wsisum_version": __version__,
     }
     attrs |= {k: v for k, v in selection.attrs.items() if v is not None}
     extras = {"indices": idx}

@@ -17,14 +17,9 @@ from wsisum.data.synthetic.layout import GENERATOR, GENERATOR_VERSION, LAYOUT_DI
 from wsisum.data.synthetic.plan import SlidePlan
 from wsisum.data.synthetic.spec import Preset, artifact_names, morphology_names
 from wsisum.errors import InputError
+from wsisum.version import __version__
 
 ARTIFACTS_KEY = "artifact_morphologies"  # in cohort.json when the cohort has artifacts
-
-
-def _package_version() -> str:
-    import wsisum
-
-    return str(getattr(wsisum, "__version__", "unknown"))
 
 
 def build_manifest(preset_raw: dict, preset: Preset, seed: int, plans: Mapping[str, list[SlidePlan]]) -> dict:
@@ -42,7 +37,7 @@ def build_manifest(preset_raw: dict, preset: Preset, seed: int, plans: Mapping[s
     out = {
         "generator": GENERATOR,
         "generator_version": GENERATOR_VERSION,
-        "version": _package_version(),
+        "version": __version__,
         "preset_name": preset.name,
         "preset": preset_raw,
         "seed": seed,
