@@ -10,13 +10,17 @@ from __future__ import annotations
 import numpy as np
 
 
-def allocate(sizes: np.ndarray, budget: int, min_per_stratum: int = 0, power: float = 1.0) -> np.ndarray:
+def allocate(
+    sizes: np.ndarray, budget: int, min_per_stratum: int = 0, power: float = 1.0, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Integer allocation a with sum(a) == min(K, sum(sizes)), 0 <= a <= sizes, ~ proportional to size**power.
 
     With `min_per_stratum` m every stratum first gets min(m, size) (the largest strata first when
     even that exceeds K), so rare morphologies are not rounded away. `power` < 1 (0.5 = square root)
     is sub-linear: a 3-patch cluster beside a 2,000-patch one gets a share of sqrt(3/2000) ~ 4 %
-    instead of 0.15 %, so it survives rounding at the budgets users ask for.
+    instead of 0.15 %, so it survives rounding at the budgets users ask for. `weights` (non-negative,
+    one per stratum) replace sizes**power as what the budget is split in proportion to; sizes stay
+    the caps.
     """
     if power <= 0:
         raise ValueError("allocation power must be positive")
@@ -46,7 +50,9 @@ def allocate(sizes: np.ndarray, budget: int, min_per_stratum: int = 0, power: fl
     while (left := budget - int(alloc.sum())) > 0:
         open_ = sizes - alloc > 0
         quota = np.zeros(len(sizes), dtype=np.float64)
-        weight = sizes[open_].astype(np.float64) ** power
+        weight = sizes[open_].astype(np.float64) ** power if weights is None else np.asarray(weights, float)[open_]
+        if weight.sum() <= 0:  # every open stratum has zero weight: split what is left by size
+            weight = sizes[open_].astype(np.float64)
         quota[open_] = left * weight / weight.sum()
         whole = np.minimum(np.floor(quota).astype(np.int64), sizes - alloc)
         alloc += whole

@@ -97,6 +97,25 @@ class Codebook:
             return cls(z["centroids"], z["doc_freq"], int(z["n_slides"]), presence, ids)
 
 
+def slide_samples(
+    bags: Iterable[tuple[str, str | Path]], per_slide: int, seed: int, purpose: str = "codebook"
+) -> tuple[list[str], list[np.ndarray]]:
+    """(slide ids, a seeded sample of up to `per_slide` patches of each, float16) of the readable bags.
+    The sample per slide shrinks so that the cohort's sample stays under MAX_POINTS (memory)."""
+    bags = list(bags)
+    per_slide = max(1, min(int(per_slide), MAX_POINTS // max(len(bags), 1)))
+    samples, ids = [], []
+    for slide_id, path in bags:
+        try:
+            x = read_bag(path, check_values=True, metadata=False).features
+        except InputError:
+            continue
+        take = np.sort(rng_for(seed, slide_id, purpose).permutation(x.shape[0])[:per_slide])
+        samples.append(np.asarray(x[take], dtype=np.float16))
+        ids.append(slide_id)
+    return ids, samples
+
+
 def fit_codebook(
     bags: Iterable[tuple[str, str | Path]],
     n_words: int = 128,
@@ -107,17 +126,7 @@ def fit_codebook(
     """Codebooks of the slides (slide_id, bag path). Bags that cannot be read are left out here (the
     summarize stage reports them as that slide's failure). The sample per slide shrinks so that the
     cohort's sample stays under MAX_POINTS (memory), whatever the number of slides."""
-    bags = list(bags)
-    per_slide = max(1, min(int(per_slide), MAX_POINTS // max(len(bags), 1)))
-    samples, ids = [], []
-    for slide_id, path in bags:
-        try:
-            x = read_bag(path, check_values=True, metadata=False).features
-        except InputError:
-            continue
-        take = np.sort(rng_for(seed, slide_id, "codebook").permutation(x.shape[0])[:per_slide])
-        samples.append(np.asarray(x[take], dtype=np.float16))
-        ids.append(slide_id)
+    ids, samples = slide_samples(bags, per_slide, seed)
     dims = {s.shape[1] for s in samples}
     if not samples or len(dims) > 1:  # mixed D: no shared codebook, per-slide isolation only
         d = max(dims, default=1)

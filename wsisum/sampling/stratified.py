@@ -1,5 +1,6 @@
 """`sampler=wsisum`, the default summary: the slide's composition in proportion, its rare findings on
-purpose, the rest to coverage. numpy and faiss only (no model, no torch import), linear in N.
+purpose, the rest to coverage. numpy and faiss only (no model, no torch import at the default
+settings), linear in N.
 
 A summary of K patches is built in three parts, all from the slide's k-means (50 clusters, shared
 with every sampler of a study through the cluster cache):
@@ -15,6 +16,10 @@ with every sampler of a study through the cluster cache):
    its members (the medoid first, then spread). A large, coherent region (a tumour on a fifth of
    the slide) keeps its share: facility location alone gives a tight region one or two centres
    (0.12 tumour share on the real HANCOCK crop with CONCH features against 0.21 on the slide).
+   With `teacher_tilt` > 0 and slide embeddings in the cohort, each cluster's share leans that far
+   towards its share of a teacher-attention pooling's mass (`teacher_attention`, fitted on the
+   cohort; torch for that fit only): where the label is a subtle shift of a morphology every slide
+   has, more of the summary goes to the patches that carry it.
 3. **coverage**: the rest by facility location on a cluster-proportional pool of the slide, each
    pool patch weighted by its share of the slide, given parts 1 and 2: the morphologies the
    proportional part rounded to zero.
@@ -38,6 +43,7 @@ from wsisum.sampling.facility import cosine_matrix, facility_location_greedy
 from wsisum.sampling.isolation import candidate_patches, isolation
 from wsisum.sampling.rare import rarity_weights, weighted_farthest_points
 from wsisum.sampling.samplers import draw_per_stratum
+from wsisum.sampling.teacher_attention import attention_scores, fit_attention
 from wsisum.sampling.teacher_relevance import fit_relevance
 
 RARITIES = ("teacher", "cohort", "slide")
@@ -113,6 +119,7 @@ class StratifiedSummarySampler(Sampler):
         pool_size: int = 512,
         candidates: int = 256,
         reference: int = 2048,
+        teacher_tilt: float = 0.0,
         label: str | None = None,
     ):
         super().__init__(seed)
@@ -122,6 +129,8 @@ class StratifiedSummarySampler(Sampler):
         self.quota_max = None if quota_max is None else int(quota_max)
         self.rarity, self.codebook_words, self.codebook_per_slide = rarity, int(codebook_words), int(codebook_per_slide)
         self.pool_size, self.candidates, self.reference = int(pool_size), int(candidates), int(reference)
+        self.teacher_tilt = float(teacher_tilt)
+        self.attention: dict[str, dict[str, np.ndarray]] = {}  # dataset -> teacher-attention scorer
         self.codebooks: dict[str, Codebook] = {}  # dataset -> visual words, fitted by `prepare`
         self.word_weights: dict[str, np.ndarray] = {}  # dataset -> (E, W) quota weight per word
         if label:  # an ablation variant is its own sampler in summaries and metrics
@@ -142,6 +151,12 @@ class StratifiedSummarySampler(Sampler):
                 weights = np.log(book.n_slides / np.maximum(book.doc_freq, 1.0))
             if weights is not None:
                 self.word_weights[dataset] = weights
+            if self.teacher_tilt > 0:
+                params = fit_attention(
+                    bags, cohort_embeddings(cohort, dataset), cache_dir, self.codebook_per_slide, self.seed
+                )
+                if params is not None:
+                    self.attention[dataset] = params
 
     def quota(self, features, km, count: int, rng: np.random.Generator, dataset: str | None) -> np.ndarray:
         """`count` isolated, cohort-rare patches, pairwise far apart (weighted farthest-point)."""
@@ -152,6 +167,18 @@ class StratifiedSummarySampler(Sampler):
         rarity = book.patch_values(features[cand], per_word) if book is not None and per_word is not None else None
         weights = rarity_weights(isolation(features, cand, rng, self.reference), rarity)
         return cand[weighted_farthest_points(features[cand], count, weights)]
+
+    def composition_weights(self, features, km, free: np.ndarray, dataset: str | None) -> np.ndarray | None:
+        """Each cluster's share of the composition: its share of the slide, tilted by `teacher_tilt`
+        towards its share of the teacher attention (`teacher_attention`); None without a fitted scorer."""
+        params = self.attention.get(dataset or "")
+        if params is None or self.teacher_tilt <= 0:
+            return None
+        logits = attention_scores(features, params)
+        mass = np.where(free, np.exp(logits - logits.max()), 0.0)
+        size_share = np.bincount(km.assign[free], minlength=km.k) / max(int(free.sum()), 1)
+        attention_share = np.bincount(km.assign, weights=mass, minlength=km.k) / max(mass.sum(), 1e-300)
+        return (1.0 - self.teacher_tilt) * size_share + self.teacher_tilt * attention_share
 
     def _select(self, features, budget, rng, coords, slide_id, **context) -> Selection:
         km = self.clusters.kmeans(
@@ -165,7 +192,7 @@ class StratifiedSummarySampler(Sampler):
         rest = budget - len(fixed)
         n_comp = round(self.composition_share * rest)
         sizes = np.bincount(km.assign[free], minlength=km.k)
-        alloc = allocate(sizes, n_comp)
+        alloc = allocate(sizes, n_comp, weights=self.composition_weights(features, km, free, context.get("dataset")))
         members = np.flatnonzero(free)
         order = members[np.argsort(km.assign[members], kind="stable")]
         bounds = np.searchsorted(km.assign[order], np.arange(km.k + 1))
@@ -200,4 +227,5 @@ class StratifiedSummarySampler(Sampler):
             "pool_size": self.pool_size,
             "candidates": self.candidates,
             "reference": self.reference,
+            "teacher_tilt": self.teacher_tilt,
         }
