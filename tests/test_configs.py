@@ -71,7 +71,11 @@ GROUP_OF_APP = {
 def test_every_option_composes_in_its_app(app: str, group: str, option: str) -> None:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name=app, overrides=[*REQUIRED[app], f"{group}={option}"])
-    assert cfg[group] is not None
+    own = OmegaConf.load(Path(CONFIG_DIR) / group / f"{option}.yaml")  # the option's own keys reached the app
+    own_keys = {k for k in own if k != "defaults"}
+    assert own_keys <= set(cfg[group]), (group, option, own_keys - set(cfg[group]))
+    if "_target_" in own:
+        assert cfg[group]._target_ == own._target_
 
 
 LAUNCHERS = sorted(p.stem for p in (Path(CONFIG_DIR) / "hydra" / "launcher").glob("*.yaml"))

@@ -517,3 +517,17 @@ def test_report_renders_in_headless_chromium(built: dict[str, Path], study_run: 
     ink = (rgb < 0.9).any(axis=2)  # anything darker than the white page: text, tables, figures
     assert 0.03 < ink.mean() < 0.9, ink.mean()
     assert ink[:200].any() and ink[1200:].any()  # the title and content far down the page both render
+
+
+def test_a_heatmap_of_eight_samplers_wraps_into_rows_of_four(tmp_path: Path) -> None:
+    """8 panels in one row made a 3,762 px strip; at most 4 a row keeps each slide readable."""
+    import struct
+
+    from wsisum.report.heatmaps import Panel, SlideView, draw_heatmap
+
+    grid = np.stack(np.meshgrid(np.arange(30), np.arange(20)), -1).reshape(-1, 2) * 256
+    panels = [Panel(f"s{i}", np.arange(i, 600, 40), grid[i:600:40], None) for i in range(8)]
+    view = SlideView("slide", "ds", None, grid, 256, None, panels)
+    png = draw_heatmap(view, 16, tmp_path / "h.png").read_bytes()
+    width, height = struct.unpack(">II", png[16:24])
+    assert width < 2000 and height > width / 3, (width, height)

@@ -31,6 +31,8 @@ KEPT_LESION_EDGE = "#dc2626"
 SMALL_LESION_CELLS = 25  # lesions this small are also circled: one faint cell is invisible on a big grid
 METHOD_FIRST = "wsisum"  # the method's own panel comes first
 
+MAX_PANELS_PER_ROW = 4  # heatmap panels per row of a figure
+
 
 @dataclass
 class Panel:
@@ -309,17 +311,23 @@ def draw_heatmap(view: SlideView, budget: int, path: Path) -> Path:
     n_panels = len(view.panels)
     panel_w = 4.2
     panel_h = min(max(panel_w * (grid.height + 2 * grid.side) / (grid.width + 2 * grid.side), 1.5), 6.5)
-    fig, axes = plt.subplots(1, n_panels, figsize=(panel_w * n_panels + 0.6, panel_h + 1.5), squeeze=False)
+    # at most 4 panels a row: 8 samplers in one row made a 3,762 px strip where each slide was a few
+    # pixels high at page width
+    ncols = min(n_panels, MAX_PANELS_PER_ROW)
+    nrows = -(-n_panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols + 0.6, panel_h * nrows + 1.5), squeeze=False)
     n_lesion = 0 if view.lesion is None or view.coords is None else int(view.lesion.sum())
     circle_lesions = 0 < n_lesion <= SMALL_LESION_CELLS
     any_scores = False
-    for ax, panel in zip(axes[0], view.panels):
+    for ax, panel in zip(axes.ravel(), view.panels):
         any_scores |= draw_panel(fig, ax, view, panel, grid, circle_lesions)
+    for ax in axes.ravel()[n_panels:]:
+        ax.set_axis_off()
     label = f", label {view.label}" if view.label else ""
     fig.suptitle(f"{view.slide_id} ({view.dataset}{label}), budget {budget}", fontsize=11)
     handles = legend_handles(view, circle_lesions, n_lesion, any_scores)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.07 / nrows, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
