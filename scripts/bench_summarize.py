@@ -6,14 +6,14 @@ and the default selection (`guided`) versus that loop.
     python scripts/bench_summarize.py --large     # + slides/s and peak memory end to end on `large`
 
 Selection: on a clustered 500-patch pool with a 3-patch rare cluster, the original loop (one full
-MAE forward per random candidate, M candidates) and `sampler=wsisum`'s default guided selection are
+MAE forward per random candidate, M candidates) and `sampler=wsisum_search`'s guided selection are
 scored by the same objective (teacher cosine + pool coverage); printed: seconds per slide, the
 speed-up, and the best score each reaches.
 
 For each model, the same pool (500 patches, D=768) and the same M candidate subsets (63 patches)
 are scored three ways: (a) reference-style, as the original code: one candidate per forward through
 the whole masked autoencoder (encoder + decoder over the 500-token pool); (b) one candidate per
-forward, encoder only; (c) batched, encoder only (what `sampler=wsisum` does). The best score must be
+forward, encoder only; (c) batched, encoder only (what `sampler=wsisum_search` does). The best score must be
 identical. Without --ckpt the weights are a fresh initialisation: speed does not depend on them.
 """
 

@@ -162,7 +162,7 @@ def test_wsisum_sampler_names_slides_and_teachers_its_checkpoint_cannot_score(
     r = _run(
         "summarize",
         f"data.root={broken}",
-        "sampler=wsisum",
+        "sampler=wsisum_search",
         f"sampler.ckpt_path={ckpt}",
         "sampler.teacher_weight=1.0",
         "sampler.n_candidates=8",

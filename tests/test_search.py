@@ -1,4 +1,4 @@
-"""sampler=wsisum: a real search (best >= first random, monotone in candidates), teacher-free mode,
+"""sampler=wsisum_search: a real search (best >= first random, monotone in candidates), teacher-free mode,
 the original's faithful mode, determinism, and the real slide with its real teachers."""
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("app", "args"),
     [
-        ("summarize", ["sampler=wsisum", "sampler.teacher_weight=1.0", "sampler.ckpt_path={ckpt}"]),
+        ("summarize", ["sampler=wsisum_search", "sampler.teacher_weight=1.0", "sampler.ckpt_path={ckpt}"]),
         ("summarize", ["sampler=attention", "sampler.ckpt_path={ckpt}"]),
         ("train", ["ckpt_path={ckpt}", "model=tiny", "pool.size=6", "pool.n_clusters=2", "trainer.accelerator=cpu"]),
     ],

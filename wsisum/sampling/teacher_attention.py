@@ -78,7 +78,7 @@ def train_pooling(samples: list[np.ndarray], target: np.ndarray, seed: int, epoc
         opt.zero_grad()
         loss.backward()
         opt.step()
-    log.info("teacher attention fitted on %d slides: final loss %.3f", len(samples), float(loss))
+    log.info("teacher attention fitted on %d slides: final loss %.3f", len(samples), float(loss.detach()))
     out = {"mean": mean, "scale": scale, "v": v.weight.T, "bv": v.bias, "u": u.weight.T, "bu": u.bias, "w": w.weight[0]}
     return {k: t.detach().numpy().astype(np.float32) for k, t in out.items()}
 
