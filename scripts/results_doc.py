@@ -102,10 +102,10 @@ def goals(task: str, paired: pd.DataFrame, retention: pd.DataFrame, lesions: pd.
     """One line: each goal of the held-out protocol on this task, met or not, with its figure."""
     p = paired[(paired["task"] == task) & ~paired["baseline"].astype(str).str.startswith(f"{REFERENCE}-")]
     losses = p[p["verdict"] == "loss"]
-    parts = [
-        f"losses {len(losses)}"
-        + (f" ({', '.join(f'{r.baseline}@{r.budget}' for r in losses.itertuples())})" if len(losses) else "")
-    ]
+    wins = int((p["verdict"] == "win").sum())
+    parts = [f"{len(losses)} significant losses, {wins} wins in {len(p)} comparisons with every sampler"]
+    if len(losses):
+        parts[0] += " (" + ", ".join(f"{r.baseline}@{r.budget}" for r in losses.itertuples()) + ")"
     r = retention[(retention["task"] == task) & (retention["sampler"] == REFERENCE) & (retention["budget"] == 64)]
     if len(r):
         value = float(r.iloc[0]["retention"])
