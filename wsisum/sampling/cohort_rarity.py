@@ -69,12 +69,18 @@ class Codebook:
             raise InputError(None, f"feature dim {features.shape[1]} differs from the cohort codebook's")
         return np.mean([per_word[b][self.words(features, b)] for b in range(len(self.centroids))], axis=0)
 
+    def word_idf(self) -> np.ndarray | None:
+        """(E, W) idf of every word, log(slides / slides holding it); None when the cohort is too
+        small to tell (fewer than MIN_SLIDES slides)."""
+        if self.n_slides < MIN_SLIDES:
+            return None
+        return np.log(self.n_slides / np.maximum(self.doc_freq, 1.0))
+
     def patch_idf(self, features: np.ndarray) -> np.ndarray:
         """(N,) mean over the codebooks of the idf of every patch's word; all ones when the cohort is
         too small to tell (no prior then)."""
-        if self.n_slides < MIN_SLIDES:
-            return np.ones(features.shape[0])
-        return self.patch_values(features, np.log(self.n_slides / np.maximum(self.doc_freq, 1.0)))
+        idf = self.word_idf()
+        return np.ones(features.shape[0]) if idf is None else self.patch_values(features, idf)
 
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:

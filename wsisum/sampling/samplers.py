@@ -15,17 +15,24 @@ from wsisum.sampling.base import Sampler, Selection
 
 
 def draw_per_stratum(
-    strata: np.ndarray, alloc: np.ndarray, rng: np.random.Generator, prefer: np.ndarray | None = None
+    strata: np.ndarray,
+    alloc: np.ndarray,
+    rng: np.random.Generator,
+    prefer: np.ndarray | None = None,
+    pick: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Take alloc[j] members of every stratum j: at random, or the lowest `prefer` values first."""
+    """Take alloc[j] members (positions into `strata`) of every stratum j, strata in order: at random,
+    the lowest `prefer` values first, or as `pick(members, count)` chooses."""
     order = np.argsort(strata, kind="stable")
     bounds = np.searchsorted(strata[order], np.arange(len(alloc) + 1))
-    picked = []
+    picked = [np.zeros(0, dtype=np.int64)]
     for j, a in enumerate(alloc):
         if a == 0:
             continue
         members = order[bounds[j] : bounds[j + 1]]
-        if prefer is None:
+        if pick is not None:
+            picked.append(pick(members, int(a)))
+        elif prefer is None:
             picked.append(rng.choice(members, int(a), replace=False))
         else:
             picked.append(members[np.argsort(prefer[members], kind="stable")[: int(a)]])

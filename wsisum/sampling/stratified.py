@@ -29,6 +29,7 @@ Deterministic for (seed, slide_id).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from wsisum.data.embeddings import read_embedding
 from wsisum.errors import InputError
 from wsisum.sampling.allocation import allocate, pool_weights
 from wsisum.sampling.base import Sampler, Selection
-from wsisum.sampling.cohort_rarity import MIN_SLIDES, Codebook, cohort_codebook
+from wsisum.sampling.cohort_rarity import Codebook, cohort_codebook
 from wsisum.sampling.facility import cosine_matrix, facility_location_greedy
 from wsisum.sampling.isolation import candidate_patches, isolation
 from wsisum.sampling.rare import rarity_weights, weighted_farthest_points
@@ -84,10 +85,12 @@ def cluster_picks(features: np.ndarray, members: np.ndarray, count: int, rng: np
 
 
 def cohort_embeddings(cohort: Any, dataset: str):
-    """slide_id -> {teacher: embedding} of one dataset's slides; a missing or unreadable file is left
-    out (that slide then takes no part in the relevance fit; summarize reports bad files itself)."""
+    """slide_id -> {teacher: embedding} of one dataset's slides, each slide read once however many
+    fits ask; a missing or unreadable file is left out (that slide then takes no part in the fits;
+    summarize reports bad files itself)."""
     teachers = cohort.teachers(dataset)
 
+    @functools.cache
     def embeddings(slide_id: str) -> dict[str, np.ndarray]:
         out = {}
         for t in teachers:
@@ -146,15 +149,14 @@ class StratifiedSummarySampler(Sampler):
             bags = [(sid, rec.bag_path) for sid, rec in cohort.slides.items() if rec.dataset == dataset]
             book = cohort_codebook(dataset, bags, cache_dir, self.codebook_words, self.codebook_per_slide, self.seed)
             self.codebooks[dataset] = book
-            weights = fit_relevance(book, cohort_embeddings(cohort, dataset)) if self.rarity == "teacher" else None
-            if weights is None and book.n_slides >= MIN_SLIDES:
-                weights = np.log(book.n_slides / np.maximum(book.doc_freq, 1.0))
+            embeddings = cohort_embeddings(cohort, dataset)
+            weights = fit_relevance(book, embeddings) if self.rarity == "teacher" else None
+            if weights is None:
+                weights = book.word_idf()
             if weights is not None:
                 self.word_weights[dataset] = weights
             if self.teacher_tilt > 0:
-                params = fit_attention(
-                    bags, cohort_embeddings(cohort, dataset), cache_dir, self.codebook_per_slide, self.seed
-                )
+                params = fit_attention(bags, embeddings, cache_dir, self.codebook_per_slide, self.seed)
                 if params is not None:
                     self.attention[dataset] = params
 
@@ -168,7 +170,7 @@ class StratifiedSummarySampler(Sampler):
         weights = rarity_weights(isolation(features, cand, rng, self.reference), rarity)
         return cand[weighted_farthest_points(features[cand], count, weights)]
 
-    def composition_weights(self, features, km, free: np.ndarray, dataset: str | None) -> np.ndarray | None:
+    def composition_weights(self, features, km, free: np.ndarray, sizes: np.ndarray, dataset: str | None):
         """Each cluster's share of the composition: its share of the slide, tilted by `teacher_tilt`
         towards its share of the teacher attention (`teacher_attention`); None without a fitted scorer."""
         params = self.attention.get(dataset or "")
@@ -176,7 +178,7 @@ class StratifiedSummarySampler(Sampler):
             return None
         logits = attention_scores(features, params)
         mass = np.where(free, np.exp(logits - logits.max()), 0.0)
-        size_share = np.bincount(km.assign[free], minlength=km.k) / max(int(free.sum()), 1)
+        size_share = sizes / max(int(sizes.sum()), 1)
         attention_share = np.bincount(km.assign, weights=mass, minlength=km.k) / max(mass.sum(), 1e-300)
         return (1.0 - self.teacher_tilt) * size_share + self.teacher_tilt * attention_share
 
@@ -192,14 +194,19 @@ class StratifiedSummarySampler(Sampler):
         rest = budget - len(fixed)
         n_comp = round(self.composition_share * rest)
         sizes = np.bincount(km.assign[free], minlength=km.k)
-        alloc = allocate(sizes, n_comp, weights=self.composition_weights(features, km, free, context.get("dataset")))
-        members = np.flatnonzero(free)
-        order = members[np.argsort(km.assign[members], kind="stable")]
-        bounds = np.searchsorted(km.assign[order], np.arange(km.k + 1))
-        comp = [
-            cluster_picks(features, order[bounds[c] : bounds[c + 1]], int(a), rng) for c, a in enumerate(alloc) if a
+        alloc = allocate(
+            sizes, n_comp, weights=self.composition_weights(features, km, free, sizes, context.get("dataset"))
+        )
+        members = np.flatnonzero(free)  # sorted: a cluster's picks map back to positions by searchsorted
+        comp = members[
+            draw_per_stratum(
+                km.assign[members],
+                alloc,
+                rng,
+                pick=lambda at, count: np.searchsorted(members, cluster_picks(features, members[at], count, rng)),
+            )
         ]
-        chosen = np.concatenate([fixed, *comp]).astype(np.int64)
+        chosen = np.concatenate([fixed, comp]).astype(np.int64)
         n_quota, n_comp = len(fixed), len(chosen) - len(fixed)
         if len(chosen) < budget:  # coverage: facility location on a weighted pool holding the chosen
             free[chosen] = False
