@@ -128,16 +128,17 @@ def loads_model(scfg: DictConfig) -> bool:
 
 
 def stage_summaries(
-    study: Study, cfg: DictConfig, root: Path, pretrained: Callable[[], Path], upstream: list[str]
+    study: Study, cfg: DictConfig, root: Path, pretrained: Callable[[str | None], Path], upstream: list[str]
 ) -> dict[str, Path]:
-    """Every sampler and variant at every budget. `pretrained` runs (or reuses) the pretraining stage
-    and is called only for a recipe whose sampler loads the model, so the others never wait for it."""
+    """Every sampler and variant at every budget. `pretrained(variant)` runs (or reuses) the study's
+    pretraining stage (None) or a variant's own, and is called only for a recipe whose sampler loads
+    the model, so the others never wait for it."""
     from wsisum.apps.summarize import summarize
 
     made = {}
     variants = cfg.summarize.get("variants") or {}
     for name, sampler, extra in summary_recipes(cfg):
-        own_model = name in variants and variants[name].get("train_overrides")
+        own_model = name if name in variants and variants[name].get("train_overrides") else None
         budgets = cfg.summarize.budgets
         if name in variants and cfg.summarize.get("ablation_budgets"):
             budgets = cfg.summarize.ablation_budgets  # ablations may run at fewer budgets than the samplers
@@ -161,12 +162,8 @@ def stage_summaries(
             if str(budget) == "auto" and not get_class(scfg.sampler._target_).auto_size:
                 continue  # budget=auto is for the samplers that size their own summaries (mosaic, sdm, splice)
             if loads_model(scfg):
-                if own_model:
-                    train_key, model = f"{TRAIN_DIR}/{name}", stage_train(study, cfg, root, upstream, variant=name)
-                else:
-                    train_key, model = TRAIN_DIR, pretrained()
-                scfg = compose_stage("summarize", [*overrides, f"sampler.ckpt_path={model}"])
-                needs.append(train_key)
+                scfg = compose_stage("summarize", [*overrides, f"sampler.ckpt_path={pretrained(own_model)}"])
+                needs.append(TRAIN_DIR if own_model is None else f"{TRAIN_DIR}/{own_model}")
             study.run(f"summarize/{label}", scfg, lambda c=scfg: summarize(c), needs, outputs=[out], clean=remove(out))
             made[label] = out
     return made
@@ -331,12 +328,12 @@ def run_stages(study: Study, cfg: DictConfig, root: Path) -> None:
     up = stage_cohort(study, cfg, root)
     if not study.planning:
         stage_check(cfg, root)
-    trained: list[Path] = []
+    trained: dict[str | None, Path] = {}
 
-    def pretrained() -> Path:  # the pretraining stage, run at most once and only when a summary loads the model
-        if not trained:
-            trained.append(stage_train(study, cfg, root, up))
-        return trained[0]
+    def pretrained(variant: str | None) -> Path:  # each pretraining at most once, only when a summary loads it
+        if variant not in trained:
+            trained[variant] = stage_train(study, cfg, root, up, variant=variant)
+        return trained[variant]
 
     summaries = stage_summaries(study, cfg, root, pretrained, up)
     if not trained and not study.planning:
