@@ -14,7 +14,7 @@ import torch
 
 from wsisum.checkpoints import hyper_parameters, restore_module
 from wsisum.errors import InputError
-from wsisum.summarize.selection import swap_proposals
+from wsisum.summarize.selection import refine_by_swaps
 
 if TYPE_CHECKING:  # Lightning only where a model scores: the default sampler's workers start 3 s faster
     from wsisum.lit.pretrain import SummarizerPretraining
@@ -131,14 +131,11 @@ def search(
         if patience is not None and stale >= patience:
             break
     random_best = best
-    members = best_idx
-    for _ in range(refine_rounds if k < pool else 0):
-        props = swap_proposals(rng, members, 0, pool, refine_batch, max(1, k // 8))
-        scores = scorer(torch.from_numpy(props)).numpy()
-        j = int(np.argmax(scores))
-        if scores[j] <= best:
-            continue
-        best, members = float(scores[j]), props[j].copy()
+
+    def score(props: np.ndarray) -> np.ndarray:
+        return scorer(torch.from_numpy(props)).numpy()
+
+    members, best = refine_by_swaps(score, best_idx, best, rng, pool, 0, refine_rounds, refine_batch, max(1, k // 8))
     return {
         "indices": np.sort(members),
         "score": best,

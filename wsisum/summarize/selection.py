@@ -90,6 +90,28 @@ def swap_proposals(
     return props
 
 
+def refine_by_swaps(
+    score: Callable[[np.ndarray], np.ndarray],
+    members: np.ndarray,
+    best: float,
+    rng: np.random.Generator,
+    pool: int,
+    n_fixed: int,
+    rounds: int,
+    batch: int,
+    max_swap: int,
+) -> tuple[np.ndarray, float]:
+    """Swap-move refinement shared by both searches: each round scores `batch` proposals of 1..max_swap
+    swaps (the first `n_fixed` members stay) and keeps the best only when it raises the score."""
+    for _ in range(rounds if len(members) < pool else 0):
+        props = swap_proposals(rng, members, n_fixed, pool, batch, max_swap)
+        scores = score(props)
+        i = int(np.argmax(scores))
+        if scores[i] > best:
+            best, members = float(scores[i]), props[i].copy()
+    return members, best
+
+
 def guided_search(
     objective: SummaryObjective,
     similarity: np.ndarray,
@@ -113,12 +135,9 @@ def guided_search(
     members, best = cands[j].copy(), float(scores[j])
     random_best = float(scores[1:].max()) if n_random else None
     max_swap = max(1, k // 16) if max_swap is None else int(max_swap)
-    for _ in range(refine_rounds if k < pool else 0):
-        props = swap_proposals(rng, members, len(quota), pool, refine_batch, max_swap)
-        s = objective(props)
-        i = int(np.argmax(s))
-        if s[i] > best:
-            best, members = float(s[i]), props[i].copy()
+    members, best = refine_by_swaps(
+        objective, members, best, rng, pool, len(quota), refine_rounds, refine_batch, max_swap
+    )
     return {
         "indices": np.sort(members),
         "score": best,
