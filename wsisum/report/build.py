@@ -20,11 +20,15 @@ from wsisum.data.output_faults import check_writable
 from wsisum.evaluate.aggregate import FULL, aggregate
 from wsisum.evaluate.paired import REFERENCE
 from wsisum.evaluate.results import METRICS_FILE
-from wsisum.report import cost, heatmaps, lesions, plots
 from wsisum.report.annotated import CSV_FILE as ANNOTATED_CSV
 from wsisum.report.annotated import annotated_report
 from wsisum.report.comparisons import PairedResults, paired_results, paired_sections
+from wsisum.report.cost import mil_cost_table, mil_costs, storage_costs, storage_table
+from wsisum.report.heatmaps import heatmap_budget as checked_heatmap_budget
+from wsisum.report.heatmaps import write_heatmaps
 from wsisum.report.intrinsic_report import intrinsic_report
+from wsisum.report.lesions import SMALL_LESION_PATCHES, collect_slide_lesions, retention_frame, retention_table
+from wsisum.report.plots import lesion_retention_plot, metric_vs_budget, paired_difference_plot
 from wsisum.report.render import Document, Figure, Section, to_html, to_markdown
 from wsisum.report.retrieval import TABLE_FILE as RETRIEVAL_TABLE
 from wsisum.report.retrieval import retrieval_section
@@ -146,14 +150,14 @@ def cost_section(storage: pd.DataFrame, mil: pd.DataFrame) -> Section:
             "Bags: mean patches per slide and bytes on disk of each summary set, against the cohort's full "
             "bags (`h5_files/`) of the same slides."
         )
-        sec.blocks.append(cost.storage_table(storage))
+        sec.blocks.append(storage_table(storage))
     if not mil.empty:
         sec.blocks.append(
             "MIL training on these bags, from the evaluation metrics (mean ± std over folds): patches per "
             "bag, wall time per training epoch, peak resident memory of the process (and its growth during "
             "training, where recorded); `full/this` is the full-bag value divided by this one."
         )
-        sec.blocks.append(cost.mil_cost_table(mil))
+        sec.blocks.append(mil_cost_table(mil))
     if storage.empty and mil.empty:
         sec.blocks.append("No summaries and no cost metrics in this run.")
     return sec
@@ -169,7 +173,7 @@ def lesion_section(df: pd.DataFrame, fig: Path | None, dataset_tasks: Mapping[st
         "over lesion-positive slides of the fraction of kept patches that are lesion, against the same "
         "fraction in the full bag (what a uniformly random summary keeps on average)."
     )
-    sec.blocks.append(lesions.retention_table(df, dataset_tasks, small))
+    sec.blocks.append(retention_table(df, dataset_tasks, small))
     if fig is not None:
         sec.blocks.append(
             Figure(
@@ -209,14 +213,12 @@ def write_results(
     if df is not None:
         written["results"] = run.root / RESULTS_FILE
         written["results_table"] = _write_csv(out / CSV_FILES[0], agg)
-    figs = plots.metric_vs_budget(agg, fig_dir, metric) if agg is not None else []
+    figs = metric_vs_budget(agg, fig_dir, metric) if agg is not None else []
     pair = paired_results(df, candidate, metric) if df is not None else None
     for key, frame in (pair.frames() if pair is not None else {}).items():
         if not frame.empty:
             written[key] = _write_csv(out / f"{key}.csv", frame)
-    pair_fig = (
-        None if pair is None else plots.paired_difference_plot(pair.matrix, fig_dir / PAIRED_FIG, candidate, metric)
-    )
+    pair_fig = None if pair is None else paired_difference_plot(pair.matrix, fig_dir / PAIRED_FIG, candidate, metric)
     return agg, figs, pair, pair_fig
 
 
@@ -224,12 +226,12 @@ def write_lesions(
     run: RunDir, out: Path, fig_dir: Path, dataset_tasks: dict, small_lesion_patches: int, written: dict[str, Path]
 ) -> tuple[pd.DataFrame | None, Path | None]:
     """Lesion retention of the summaries and its plot, where the cohort has lesion ground truth."""
-    slide_lesions = lesions.collect_slide_lesions(run)
-    retention = lesions.retention_frame(slide_lesions, small_lesion_patches) if slide_lesions else None
+    slide_lesions = collect_slide_lesions(run)
+    retention = retention_frame(slide_lesions, small_lesion_patches) if slide_lesions else None
     lesion_fig = None
     if retention is not None:
         written["lesion_retention"] = _write_csv(out / CSV_FILES[3], retention)
-        lesion_fig = plots.lesion_retention_plot(
+        lesion_fig = lesion_retention_plot(
             retention, fig_dir / "lesion_retention_vs_budget.png", dataset_tasks, small_lesion_patches
         )
     return retention, lesion_fig
@@ -239,8 +241,8 @@ def write_costs(
     run: RunDir, agg: pd.DataFrame | None, out: Path, written: dict[str, Path]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Storage of the summaries against the full bags, and the MIL training cost (from the metrics)."""
-    storage = cost.storage_costs(run)
-    mil = cost.mil_costs(agg) if agg is not None else pd.DataFrame()
+    storage = storage_costs(run)
+    mil = mil_costs(agg) if agg is not None else pd.DataFrame()
     if not storage.empty:
         written["cost_storage"] = _write_csv(out / CSV_FILES[1], storage)
     if not mil.empty:
@@ -290,7 +292,7 @@ def build_report(
     heatmap_slides: int = 3,
     heatmap_budget: int | None = None,
     metric: str = "test_auroc",
-    small_lesion_patches: int = lesions.SMALL_LESION_PATCHES,
+    small_lesion_patches: int = SMALL_LESION_PATCHES,
     candidate: str = REFERENCE,
     annotations: str | Path | None = None,
     lesion_classes: Sequence[str] | None = None,
@@ -306,7 +308,7 @@ def build_report(
     """
     run = open_run_dir(run_dir)
     name = run.root.resolve().name
-    hm_budget = heatmaps.heatmap_budget(run, heatmap_budget)  # a bad budget fails before anything is written
+    hm_budget = checked_heatmap_budget(run, heatmap_budget)  # a bad budget fails before anything is written
     annotated = annotated_report(run, annotations, lesion_classes, annotation_patch_size)  # so does a bad dir
     out = check_writable(run.report_dir, "report directory")
     fig_dir = out / FIGURES
@@ -319,7 +321,7 @@ def build_report(
     dataset_tasks = (run.manifest or {}).get("dataset_tasks") or {}
     retention, lesion_fig = write_lesions(run, out, fig_dir, dataset_tasks, small_lesion_patches, written)
 
-    hm_figs = heatmaps.write_heatmaps(run, fig_dir, heatmap_slides, hm_budget)
+    hm_figs = write_heatmaps(run, fig_dir, heatmap_slides, hm_budget)
 
     tasks = sorted(agg["task"].unique()) if agg is not None else []
     # paired comparisons, then results; the run's stage log (long for a full study) closes the report

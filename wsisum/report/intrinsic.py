@@ -30,7 +30,20 @@ import pandas as pd
 from wsisum.data.layouts import layout_options
 from wsisum.errors import InputError
 from wsisum.evaluate.results import FULL
-from wsisum.report import lesions, probe
+from wsisum.report.lesions import (
+    ALL_CLASSES,
+    RARE_FRACTION,
+    SlideLesion,
+    bag_morphology_names,
+    class_recall_frame,
+    lesion_mask,
+    lesion_names,
+    morphology_coverage,
+    slide_label,
+    summary_indices,
+)
+from wsisum.report.probe import METRIC as PROBE_METRIC
+from wsisum.report.probe import probe_rows, probe_tasks
 from wsisum.report.rundir import RunDir, SourceBag, SummaryFile, SummarySet, read_source_array
 from wsisum.report.teacher_check import FULL_MAX_PATCHES, TeacherCheck, find_checkpoint
 from wsisum.seeding import rng_for
@@ -94,7 +107,7 @@ class _Pass:
     scored: set[tuple[str, str]]
     notes: list[str]
     records: list[tuple] = field(default_factory=list)  # (dataset, sampler, budget, metric, value)
-    slide_lesions: list[lesions.SlideLesion] = field(default_factory=list)
+    slide_lesions: list[SlideLesion] = field(default_factory=list)
     means: dict[tuple[str, int | None], dict[str, np.ndarray]] = field(default_factory=dict)
     dataset_of: dict[str, str] = field(default_factory=dict)
     teacher_n: dict[str, int] = field(default_factory=dict)
@@ -107,7 +120,7 @@ class _Pass:
         self.dataset_of[sid] = ds
         subsets: list[tuple[str, int | None, np.ndarray]] = [(FULL, None, np.arange(src.n_patches))]
         for s, f in items:
-            idx = lesions.summary_indices(f.path)
+            idx = summary_indices(f.path)
             if idx.size and (idx.min() < 0 or idx.max() >= src.n_patches):
                 raise InputError(f.path, f"indices outside the source bag of {src.n_patches} patches ({src.path})")
             subsets.append((s.sampler, s.budget, idx))
@@ -127,20 +140,20 @@ class _Pass:
         morph = self.run.morphology(src)
         naming = None
         if morph is not None:
-            naming = lesions.lesion_names(self.run.manifest, lesions.bag_morphology_names(src.attrs))
+            naming = lesion_names(self.run.manifest, bag_morphology_names(src.attrs))
         if naming is None:
             return
         try:
-            mask = lesions.lesion_mask(morph, *naming)
+            mask = lesion_mask(morph, *naming)
         except InputError as err:
             raise InputError(src.path, err.problem) from None
-        label = lesions.slide_label(src.attrs)
+        label = slide_label(src.attrs)
         for sampler, budget, idx in subsets:
             n_lesion, n_kept_lesion = int(mask.sum()), int(mask[idx].sum())
             self.slide_lesions.append(
-                lesions.SlideLesion(ds, sid, sampler, budget, src.n_patches, n_lesion, len(idx), n_kept_lesion, label)
+                SlideLesion(ds, sid, sampler, budget, src.n_patches, n_lesion, len(idx), n_kept_lesion, label)
             )
-            cover, rare, _, _ = lesions.morphology_coverage(morph, idx, len(naming[0]), self.rare_fraction)
+            cover, rare, _, _ = morphology_coverage(morph, idx, len(naming[0]), self.rare_fraction)
             self.records.append((ds, sampler, budget, "morphology_coverage", cover))
             self.records.append((ds, sampler, budget, "rare_morphology_coverage", rare))
 
@@ -167,7 +180,7 @@ def collect_intrinsic(
     *,
     ckpt: Path | str | None = "auto",
     teacher_max_slides: int | None = TEACHER_MAX_SLIDES,
-    rare_fraction: float = lesions.RARE_FRACTION,
+    rare_fraction: float = RARE_FRACTION,
     device: str = "auto",
 ) -> Intrinsic | None:
     """Every check of the module docstring; None when the run has no summaries or no cohort.
@@ -192,7 +205,7 @@ def collect_intrinsic(
     for (ds, sid), items in sorted(by_slide.items()):
         acc.slide(ds, sid, items)
     table = _aggregate(acc.records, acc.slide_lesions)
-    probe_df = probe.probe_rows(acc.means, run.cohort_root, notes=notes)
+    probe_df = probe_rows(acc.means, run.cohort_root, notes=notes)
     task_datasets = _task_datasets(run, acc.dataset_of)
     tasks = _dataset_tasks(run, task_datasets)
     table = pd.concat([table, _probe_summary(probe_df, task_datasets)], ignore_index=True)
@@ -211,7 +224,7 @@ def collect_intrinsic(
     return out
 
 
-def _aggregate(records: list[tuple], slide_lesions: list[lesions.SlideLesion]) -> pd.DataFrame:
+def _aggregate(records: list[tuple], slide_lesions: list[SlideLesion]) -> pd.DataFrame:
     """Mean over slides (finite values only; `n` counts them) per dataset, sampler, budget and metric."""
     df = pd.DataFrame(records, columns=["dataset", "sampler", "budget", "metric", "value"])
     df["budget"] = df["budget"].astype("Int64")
@@ -219,10 +232,10 @@ def _aggregate(records: list[tuple], slide_lesions: list[lesions.SlideLesion]) -
     keys = ["dataset", "sampler", "budget", "metric"]
     agg = df.groupby(keys, dropna=False, sort=False)["value"].agg(["mean", "count"]).reset_index()
     agg = agg.rename(columns={"mean": "value", "count": "n"})
-    rec = lesions.class_recall_frame(slide_lesions)
+    rec = class_recall_frame(slide_lesions)
     parts = [agg]
     for metric, col in (("lesion_recall", "recall"), ("lesion_patch_recall", "patch_recall")):
-        names = [metric if lab == lesions.ALL_CLASSES else f"{metric}:{lab}" for lab in rec["label"]]
+        names = [metric if lab == ALL_CLASSES else f"{metric}:{lab}" for lab in rec["label"]]
         parts.append(rec.assign(metric=names, value=rec[col], n=rec["lesion_slides"])[[*keys, "value", "n"]])
     out = pd.concat([p for p in parts if not p.empty], ignore_index=True) if any(len(p) for p in parts) else agg
     out["task"] = ""
@@ -232,7 +245,7 @@ def _aggregate(records: list[tuple], slide_lesions: list[lesions.SlideLesion]) -
 def _task_datasets(run: RunDir, dataset_of: dict[str, str]) -> dict[str, list[str]]:
     """Task -> the datasets its labelled slides come from (those with summaries)."""
     out = {}
-    for task, (labels_path, _) in probe.probe_tasks(run.cohort_root).items():
+    for task, (labels_path, _) in probe_tasks(run.cohort_root).items():
         try:
             ids = pd.read_csv(labels_path, dtype=str, usecols=["slide_id"])["slide_id"].str.strip()
         except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
@@ -259,7 +272,7 @@ def _probe_summary(probe_df: pd.DataFrame, task_datasets: dict[str, list[str]]) 
         v = v[np.isfinite(v)]
         ds = "+".join(task_datasets.get(task, [])) or task
         mean = float(v.mean()) if len(v) else math.nan
-        row = (ds, task, sampler, budget, probe.METRIC, mean, len(v))
+        row = (ds, task, sampler, budget, PROBE_METRIC, mean, len(v))
         rows.append(dict(zip(COLUMNS, row)))
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df["budget"] = df["budget"].astype("Int64")
@@ -272,5 +285,5 @@ def _paired(probe_df: pd.DataFrame) -> pd.DataFrame | None:
         return None
     from wsisum.evaluate.paired import winner_matrix
 
-    paired = winner_matrix(probe_df, REFERENCE, probe.METRIC)
+    paired = winner_matrix(probe_df, REFERENCE, PROBE_METRIC)
     return None if paired.empty else paired

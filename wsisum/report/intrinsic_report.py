@@ -16,18 +16,20 @@ import pandas as pd
 
 from wsisum.data.atomic import atomic_path
 from wsisum.evaluate.results import FULL
-from wsisum.report import intrinsic, lesions, probe
+from wsisum.report.intrinsic import INTRINSIC_FILE, PAIRED_FILE, PROBE_FILE, REFERENCE, Intrinsic, collect_intrinsic
+from wsisum.report.lesions import RARE_FRACTION
+from wsisum.report.probe import METRIC as PROBE_METRIC
 from wsisum.report.render import Section
 from wsisum.report.rundir import RunDir
 from wsisum.report.tables import Table, budget_label, paired_table
 
-FILES = (intrinsic.INTRINSIC_FILE, intrinsic.PROBE_FILE, intrinsic.PAIRED_FILE)
+FILES = (INTRINSIC_FILE, PROBE_FILE, PAIRED_FILE)
 # (metric of intrinsic.csv, column header); lesion recall per class is one column of its own
 COLUMNS = (
     ("lesion_patch_recall", "lesion patches kept / min(K, lesion)"),
     ("morphology_coverage", "morphologies kept"),
     ("rare_morphology_coverage", "rare morphologies kept"),
-    (probe.METRIC, "probe AUROC"),
+    (PROBE_METRIC, "probe AUROC"),
     ("feature_cosine", "cos(mean, full mean)"),
     ("teacher_cosine", "teacher cos (wsisum's objective)"),
 )
@@ -46,7 +48,7 @@ def _class_order(manifest: Mapping | None, task: str, found: list[str]) -> list[
     return [c for c in order if c in found] + sorted(c for c in found if c not in order)
 
 
-def _probe_cells(res: intrinsic.Intrinsic) -> dict[tuple[str, str, object], str]:
+def _probe_cells(res: Intrinsic) -> dict[tuple[str, str, object], str]:
     """(task, sampler, budget) -> 'mean ± std' over folds (sample std, as the results table)."""
     out = {}
     for (task, sampler, budget), grp in res.probe.groupby(["task", "sampler", "budget"], dropna=False):
@@ -56,7 +58,7 @@ def _probe_cells(res: intrinsic.Intrinsic) -> dict[tuple[str, str, object], str]
     return out
 
 
-def intrinsic_table(res: intrinsic.Intrinsic, manifest: Mapping | None = None) -> Table:
+def intrinsic_table(res: Intrinsic, manifest: Mapping | None = None) -> Table:
     df = res.table
     probe_cells = _probe_cells(res)
     has_class = df["metric"].str.startswith("lesion_recall:").any()
@@ -83,7 +85,7 @@ def intrinsic_table(res: intrinsic.Intrinsic, manifest: Mapping | None = None) -
             per = {m.split(":", 1)[1]: v for m, v in vals.items() if m.startswith("lesion_recall:")}
             row.append(" · ".join(f"{c} {per[c]:.2f}" for c in _class_order(manifest, task, list(per))))
         for metric, _ in shown:
-            if metric == probe.METRIC:
+            if metric == PROBE_METRIC:
                 row.append(probe_cells.get((task, sampler, b), ""))
                 continue
             v = vals.get(metric)
@@ -94,7 +96,7 @@ def intrinsic_table(res: intrinsic.Intrinsic, manifest: Mapping | None = None) -
     return table
 
 
-def intrinsic_section(res: intrinsic.Intrinsic, manifest: Mapping | None = None) -> Section:
+def intrinsic_section(res: Intrinsic, manifest: Mapping | None = None) -> Section:
     sec = Section("Intrinsic checks", "intrinsic")
     metrics = set(res.table["metric"])
     sec.blocks.append(
@@ -113,9 +115,9 @@ def intrinsic_section(res: intrinsic.Intrinsic, manifest: Mapping | None = None)
         said.append(
             "`morphologies kept`: the share of the slide's ground-truth morphologies (at least one patch in the "
             "full bag) with at least one kept patch; `rare morphologies kept`: the same over the morphologies "
-            f"on at most {lesions.RARE_FRACTION:.0%} of the slide's patches, on the slides that have one."
+            f"on at most {RARE_FRACTION:.0%} of the slide's patches, on the slides that have one."
         )
-    if probe.METRIC in metrics:
+    if PROBE_METRIC in metrics:
         said.append(
             "`probe AUROC`: the bags' mean-pooled features, a multinomial L2 logistic regression fitted on each "
             "fold's train split, test macro AUROC; mean ± std over folds (`intrinsic_probe.csv`: one row per fold)."
@@ -133,7 +135,7 @@ def intrinsic_section(res: intrinsic.Intrinsic, manifest: Mapping | None = None)
     sec.blocks.append(intrinsic_table(res, manifest))
     if res.paired is not None:
         sec.blocks.append(
-            f"Linear probe, paired: {intrinsic.REFERENCE} minus each baseline on the same folds (mean AUROC "
+            f"Linear probe, paired: {REFERENCE} minus each baseline on the same folds (mean AUROC "
             "difference, 95 % bootstrap CI, wins/pairs; ▲ win / ▼ loss when the CI excludes 0)."
         )
         sec.blocks.append(paired_table(res.paired))
@@ -145,12 +147,12 @@ def intrinsic_section(res: intrinsic.Intrinsic, manifest: Mapping | None = None)
 def intrinsic_report(run: RunDir, out_dir: Path, **kwargs) -> tuple[list[Section], dict[str, Path]]:
     """([the section] or [], written CSVs by stem); CSVs of an earlier report without data are removed.
     kwargs go to `intrinsic.collect_intrinsic`."""
-    res = intrinsic.collect_intrinsic(run, **kwargs)
+    res = collect_intrinsic(run, **kwargs)
     frames = {}
     if res is not None and not res.table.empty:
-        frames = {intrinsic.INTRINSIC_FILE: res.table, intrinsic.PROBE_FILE: res.probe}
+        frames = {INTRINSIC_FILE: res.table, PROBE_FILE: res.probe}
         if res.paired is not None:
-            frames[intrinsic.PAIRED_FILE] = res.paired
+            frames[PAIRED_FILE] = res.paired
     written = {Path(name).stem: _write_csv(out_dir / name, df) for name, df in frames.items() if not df.empty}
     for name in FILES:
         if name not in frames and (out_dir / name).is_file():
