@@ -56,7 +56,7 @@ def test_the_command_list_names_every_console_script() -> None:
 
 def test_a_summary_records_the_printed_version(tmp_path: Path) -> None:
     features = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
-    selection = wsisum.summarize(features, None, budget=4, sampler="random")
+    selection = wsisum.summarize_slide(features, None, budget=4, sampler="random")
     path = wsisum.write_summary(tmp_path / "s.h5", features, selection, sampler="random", budget=4)
     printed = subprocess.run([sys.executable, "-m", "wsisum", "--version"], capture_output=True, text=True)
     assert f"wsisum {wsisum.read_bag(path).attrs['wsisum_version']}" == printed.stdout.strip()

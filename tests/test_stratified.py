@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from wsisum.api import summarize
+from wsisum.api import summarize_slide
 from wsisum.errors import InputError
 from wsisum.sampling.stratified import StratifiedSummarySampler, quota_size
 
@@ -39,7 +39,7 @@ def test_a_large_tight_region_keeps_its_share_and_a_small_finding_is_kept():
     for budget in (16, 64):
         shares, hits = [], []
         for seed in range(3):
-            sel = summarize(feats, None, budget, "wsisum", seed=seed, slide_id="s", rarity="slide")
+            sel = summarize_slide(feats, None, budget, "wsisum", seed=seed, slide_id="s", rarity="slide")
             shares.append(np.mean(truth[sel.indices] == 1))
             hits.append(np.any(truth[sel.indices] == 2))
         assert np.mean(shares) >= 0.75 * 0.3, (budget, shares)
@@ -49,16 +49,16 @@ def test_a_large_tight_region_keeps_its_share_and_a_small_finding_is_kept():
 def test_facility_alone_under_weights_the_tight_region_the_default_does_not():
     """Why the composition part exists: coverage gives a tight region one or two centres."""
     feats, truth = clustered_slide(3000, 32, seed=2, region_share=0.3)
-    facility = summarize(feats, None, 32, "facility", slide_id="s")
-    default = summarize(feats, None, 32, "wsisum", slide_id="s", rarity="slide")
+    facility = summarize_slide(feats, None, 32, "facility", slide_id="s")
+    default = summarize_slide(feats, None, 32, "wsisum", slide_id="s", rarity="slide")
     assert np.mean(truth[default.indices] == 1) > np.mean(truth[facility.indices] == 1)
 
 
 def test_the_summary_is_deterministic_for_a_seed_and_differs_across_seeds():
     feats, _ = clustered_slide(2000, 16, seed=3, region_share=0.2, lesion=2)
-    a = summarize(feats, None, 32, "wsisum", seed=0, slide_id="s", rarity="slide").indices
-    b = summarize(feats, None, 32, "wsisum", seed=0, slide_id="s", rarity="slide").indices
-    c = summarize(feats, None, 32, "wsisum", seed=1, slide_id="s", rarity="slide").indices
+    a = summarize_slide(feats, None, 32, "wsisum", seed=0, slide_id="s", rarity="slide").indices
+    b = summarize_slide(feats, None, 32, "wsisum", seed=0, slide_id="s", rarity="slide").indices
+    c = summarize_slide(feats, None, 32, "wsisum", seed=1, slide_id="s", rarity="slide").indices
     np.testing.assert_array_equal(a, b)
     assert len(np.unique(a)) == 32 and not np.array_equal(a, c)
 
@@ -79,9 +79,9 @@ def test_an_option_out_of_range_is_one_line_naming_it(option):
 def test_the_default_summary_never_imports_torch():
     code = (
         "import sys, numpy as np\n"
-        "from wsisum.api import summarize\n"
+        "from wsisum.api import summarize_slide\n"
         "x = np.random.default_rng(0).normal(size=(3000, 64)).astype('float32')\n"
-        "sel = summarize(x, None, 64, 'wsisum', slide_id='s')\n"
+        "sel = summarize_slide(x, None, 64, 'wsisum', slide_id='s')\n"
         "assert len(sel.indices) == 64\n"
         "print('torch' in sys.modules)\n"
     )
@@ -99,9 +99,14 @@ def test_real_crop_summary_keeps_the_tumour_share(real_data, encoder):
         feats, coords = f["features"][:], f["coords"][:]
     for budget in (16, 64):
         share = np.mean(
-            [tumour[summarize(feats, coords, budget, "wsisum", seed=s, slide_id=CROP).indices].mean() for s in range(3)]
+            [
+                tumour[summarize_slide(feats, coords, budget, "wsisum", seed=s, slide_id=CROP).indices].mean()
+                for s in range(3)
+            ]
         )
         assert share >= 0.75 * tumour.mean(), (encoder, budget, share, tumour.mean())
     if encoder == "conch":  # the tight CONCH tumour: facility location gives it too few centres
-        facility = np.mean([tumour[summarize(feats, coords, 16, "facility", seed=s).indices].mean() for s in range(3)])
+        facility = np.mean(
+            [tumour[summarize_slide(feats, coords, 16, "facility", seed=s).indices].mean() for s in range(3)]
+        )
         assert facility < 0.75 * tumour.mean(), facility

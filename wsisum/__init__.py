@@ -3,46 +3,33 @@
 The notebook API (`wsisum/api.py`, docs/python_api.md) is loaded on first use, so `import wsisum`
 imports neither torch, Lightning nor Hydra:
 
-    summary = wsisum.summarize(features, coords, budget=16, sampler="kmeans")
+    summary = wsisum.summarize_slide(features, coords, budget=16, sampler="kmeans")
+
+`wsisum.summarize` is the summarize stage's subpackage only (`import wsisum.summarize.run`).
 """
 
 from __future__ import annotations
 
 import importlib
-import types
 from typing import TYPE_CHECKING, Any
 
 from wsisum.errors import InputError
 from wsisum.version import __version__
 
 if TYPE_CHECKING:
-    from wsisum.api import Summarizer, write_summary
+    from wsisum.api import Summarizer, summarize_slide, write_summary
     from wsisum.data.bags import read_bag
     from wsisum.sampling.base import Selection
 
-__all__ = ["InputError", "Selection", "Summarizer", "__version__", "read_bag", "summarize", "write_summary"]
+__all__ = ["InputError", "Selection", "Summarizer", "__version__", "read_bag", "summarize_slide", "write_summary"]
 
 LAZY_EXPORTS = {
     "Selection": "wsisum.sampling.base",
     "Summarizer": "wsisum.api",
     "read_bag": "wsisum.data.bags",
+    "summarize_slide": "wsisum.api",
     "write_summary": "wsisum.api",
 }
-
-
-class CallableStage(types.ModuleType):
-    """`wsisum.summarize` is the summarize stage's subpackage (`wsisum.summarize.run`, ...) and, called,
-    the API's `wsisum.api.summarize`: a plain function of that name would be replaced by the
-    subpackage the first time anything imports from it."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from wsisum.api import summarize as summarize_slide
-
-        return summarize_slide(*args, **kwargs)
-
-
-summarize = importlib.import_module("wsisum.summarize")  # its __init__ is a docstring: cheap
-summarize.__class__ = CallableStage
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,7 @@
 
 Samplers are built from the apps' own configs (`configs/sampler/<name>.yaml`, options merged over
 them), so every sampler the CLI has is reachable here with no second registry, and
-`summarize(..., slide_id=s, seed=k)` returns the indices `wsisum-summarize seed=k` writes for slide
+`summarize_slide(..., slide_id=s, seed=k)` returns the indices `wsisum-summarize seed=k` writes for slide
 `s`. torch and hydra are imported inside the functions, so `import wsisum` stays cheap.
 """
 
@@ -95,7 +95,7 @@ def select_with(
         raise
 
 
-def summarize(
+def summarize_slide(
     features: Any,
     coords: Any = None,
     budget: int | str = 64,
@@ -123,7 +123,7 @@ def summarize(
 class Summarizer:
     """The search summary with the pretrained student scoring it (`sampler=wsisum_search`,
     `teacher_weight=1` unless given), its checkpoint loaded once for many slides. The default
-    summary, `summarize(..., sampler="wsisum")`, needs no checkpoint."""
+    summary, `summarize_slide(..., sampler="wsisum")`, needs no checkpoint."""
 
     def __init__(self, module: Any, ckpt_path: str, device: str, seed: int = 0, options: dict | None = None):
         self.module, self.ckpt_path, self.device, self.seed = module, ckpt_path, device, int(seed)
