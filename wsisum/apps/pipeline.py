@@ -228,18 +228,18 @@ def stage_evaluate(study: Study, cfg: DictConfig, root: Path, summaries: dict[st
 
     runs = bag_runs([] if cfg.evaluate.full_bags else None, upstream, summaries)
     folds = "[" + ",".join(str(int(f)) for f in cfg.evaluate.folds) + "]"
-    engine = str(cfg.evaluate.get("engine") or "replicas")
+    engine = cfg.evaluate.get("engine")  # null: wsisum-evaluate's own default
     seeds = cfg.evaluate.get("seeds")
     seeds = [cfg.seed] if seeds is None else list(seeds)
     seeds_arg = "[" + ",".join(str(int(s)) for s in seeds) + "]"
-    if engine == "lightning" and len(seeds) > 1:  # a Lightning run takes one seed: fail before any stage
+    if engine != "replicas" and len(seeds) > 1:  # only replicas trains several seeds: fail before any stage
         from wsisum.errors import InputError
 
-        raise InputError(None, f"evaluate.engine=lightning takes one seed, not evaluate.seeds={seeds}")
+        raise InputError(None, f"evaluate.seeds={seeds} needs evaluate.engine=replicas (not {engine or 'null'})")
     options = [
         f"mil={cfg.evaluate.mil}",
         f"folds={folds}",
-        f"engine={engine}",
+        *([f"engine={engine}"] if engine else []),
         f"seed={int(seeds[0])}",
         f"seeds={seeds_arg}",
     ]
