@@ -32,3 +32,17 @@ def test_synth_writes_tiny_cohort_then_refuses_other_seed(tmp_path: Path) -> Non
 def test_synth_requires_out_dir(tmp_path: Path) -> None:
     r = run("wsisum-synth", "preset=tiny", cwd=tmp_path)
     assert r.returncode != 0 and "out_dir" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_config_group_of_another_app_is_one_line(tmp_path: Path) -> None:
+    """`wsisum-train experiment=demo`: one line naming the app that has the group, not Hydra's four."""
+    for app, arg, owner in [
+        ("train", "experiment=demo", "wsisum-pipeline"),
+        ("summarize", "task=syn_brca", "wsisum-evaluate"),
+    ]:
+        r = run_app(app, arg, cwd=tmp_path, timeout=120)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert (
+            lines[0].startswith(f"error: wsisum-{app} has no '{arg.split('=')[0]}' config group") and owner in lines[0]
+        )

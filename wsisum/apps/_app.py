@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from wsisum.console import configure_console
@@ -18,6 +20,54 @@ from wsisum.errors import EXIT_DISK_FULL, DiskFullError, InputError, input_error
 # The configs are package data (`wsisum/configs/`, carried by the wheel and the sdist; the top-level
 # `configs/` of a clone is a link to it), so an editable and a wheel install find them at the same place.
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def option_groups(app: str) -> set[str]:
+    """The config groups an app's primary config takes in its defaults list (`data`, `sampler`, ...)."""
+    groups = set()
+    for entry in OmegaConf.load(Path(CONFIG_DIR) / f"{app}.yaml").get("defaults") or []:
+        for key in entry if not isinstance(entry, str) else []:  # "optional local", "/pool@_here_", ...
+            groups.add(str(key).split()[-1].lstrip("/").split("@")[0])
+    return groups
+
+
+def foreign_group(app: str, argv: list[str]) -> str | None:
+    """The problem with the first `group=option` of a command line that names a config group of
+    another app (`wsisum-train experiment=demo`), where Hydra would print four lines about its
+    defaults list; None when there is none (or another primary config is asked for)."""
+    if any(a.split("=")[0] in ("-cn", "--config-name", "-cp", "--config-path") for a in argv):
+        return None
+    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name[0] not in "._"}
+    mine = option_groups(app)
+    for arg in argv:
+        key = arg.split("=", 1)[0] if "=" in arg else ""
+        if key in groups and key not in mine:
+            owners = [
+                f"wsisum-{p.stem}" for p in sorted(Path(CONFIG_DIR).glob("*.yaml")) if key in option_groups(p.stem)
+            ]
+            where = f"; {key}= is an option of {', '.join(owners)}" if owners else ""
+            return f"wsisum-{app} has no '{key}' config group ({arg}){where}"
+    return None
+
+
+def hydra_app(app: str) -> Callable[[Callable[[DictConfig], Any]], Callable[..., Any]]:
+    """`hydra.main` on the app's primary config, refusing a config group the app does not have in one
+    line (exit 1, as Hydra's own refusal) before Hydra composes anything."""
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
+        main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=app)(task)
+
+        @functools.wraps(task)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            problem = None if args or kwargs else foreign_group(app, sys.argv[1:])
+            if problem:
+                print_error(problem)
+                raise SystemExit(1)
+            return main(*args, **kwargs)
+
+        return run
+
+    return decorate
 
 
 def report_input_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.data.check import CohortCheck, check_cohort, render_table
 from wsisum.data.layouts import layout_options
 from wsisum.data.tasks import TaskSpec
@@ -57,7 +56,7 @@ def check(cfg: DictConfig) -> CohortCheck:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="check")
+@hydra_app("check")
 def main(cfg: DictConfig) -> None:
     check(cfg)
 

@@ -22,12 +22,11 @@ import logging
 import warnings
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.data.bad_slides import read_ledger, report_bad_slides
 from wsisum.errors import InputError, print_error
 from wsisum.evaluate.aggregate import aggregate, collect, markdown_table
@@ -71,7 +70,7 @@ def evaluate(cfg: DictConfig) -> float:
     return result.mean(str(cfg.optimized_metric))
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@hydra_app("evaluate")
 def main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # lightning 2.6 + torch 2.13 noise
     if not is_multirun():

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.errors import print_failures
 from wsisum.summarize.export import ExportReport, export_summaries
 
@@ -20,7 +19,7 @@ def export(cfg: DictConfig) -> ExportReport:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@hydra_app("export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -12,12 +12,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.console import batch_console
 from wsisum.data.bad_slides import LEDGER_FILE, runs_with_bad_slides
 from wsisum.data.ground_truth import MANIFEST_NAME
@@ -388,7 +387,7 @@ def _print_stages(study: Study) -> None:
     console.print(table)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="pipeline")
+@hydra_app("pipeline")
 def main(cfg: DictConfig) -> None:
     pipeline(cfg)
 

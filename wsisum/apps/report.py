@@ -5,10 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.report import annotation_options, build_report
 
 
@@ -41,7 +40,7 @@ def positional_run_dir(argv: list[str]) -> list[str]:
     return [argv[0], f"run_dir={value}", *argv[2:]]
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
+@hydra_app("report")
 def _main(cfg: DictConfig) -> None:
     report(cfg)
 

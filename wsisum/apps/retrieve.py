@@ -23,12 +23,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.data.bad_slides import read_ledger, report_bad_slides
 from wsisum.errors import InputError, print_error
 from wsisum.evaluate.aggregate import aggregate, collect, markdown_table
@@ -74,7 +73,7 @@ def retrieve(cfg: DictConfig) -> RetrievalResult:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="retrieve")
+@hydra_app("retrieve")
 def main(cfg: DictConfig) -> None:
     if not is_multirun():
         report_input_errors(retrieve)(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.data.bad_slides import check_on_bad
 from wsisum.data.cohort import Cohort
 from wsisum.data.layouts import layout_options
@@ -48,7 +48,7 @@ def summarize(cfg: DictConfig) -> RunReport:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="summarize")
+@hydra_app("summarize")
 def main(cfg: DictConfig) -> None:
     summarize(cfg)
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.data.output_faults import check_writable
 from wsisum.data.synthetic import generate_cohort
 
@@ -28,7 +27,7 @@ def synth(cfg: DictConfig) -> dict:
     return manifest
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="synth")
+@hydra_app("synth")
 def main(cfg: DictConfig) -> None:
     synth(cfg)
 

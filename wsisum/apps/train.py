@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from wsisum.apps._app import CONFIG_DIR, report_input_errors
+from wsisum.apps._app import hydra_app, report_input_errors
 from wsisum.apps._lightning import build_trainer, finish_loggers
 from wsisum.checkpoints import load_checkpoint
 from wsisum.data.bad_slides import BadSlideLedger, report_bad_slides
@@ -85,7 +84,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_app("train")
 def main(cfg: DictConfig) -> float | None:
     with named_run_dir_lock(cfg):  # a named run dir (hydra.run.dir=...) takes one run at a time
         metrics = train(cfg)
