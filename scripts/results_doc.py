@@ -10,7 +10,7 @@ per-patch truth, lesion any-hit, tumour share of the summary relative to the sli
 share relative to the slide's; then the goals of the held-out protocol per task, each marked met or
 not. `--tuned` names the tasks the default was tuned on (marked in the tables, left out of the goals).
 With `--out FILE --section NAME` the tables replace the block between `<!-- results:NAME -->` and
-`<!-- /results:NAME -->` in FILE (the README, docs/worlds.md), so a fresh run regenerates the docs.
+`<!-- /results:NAME -->` in FILE (docs/results.md, docs/worlds.md), so a fresh run regenerates the docs.
 """
 
 from __future__ import annotations
