@@ -9,7 +9,8 @@ the synthetic cohorts store them). Each sampler runs in its own Python process (
 for every slide (nothing is cached between slides: k-means is measured cold), after one untimed
 warm-up slide that pays the lazy imports. A slide's time is `read_bag` -> `sampler.select` -> the
 summary written with `wsisum.summarize.writer` (what `wsisum-summarize` does), best of `--repeats`.
-`wsisum` and `wsisum_search` run with `rarity=slide` (no cohort); a sampler that cannot be built
+`wsisum`, `wsisum_search` and `wsisum_learned` run with `rarity=slide` (no cohort), the last with
+a selector of the fitted shape (`with_selector`); a sampler that cannot be built
 without a checkpoint (`attention`) is skipped with its reason. One thread by default: what a
 summarize worker process gets. `s/slide` is wall time (the ratios use it); `cpu s` is the process's
 CPU time for the same run, close to the wall time on an idle machine and steadier on a loaded one.
@@ -28,7 +29,22 @@ from pathlib import Path
 
 import numpy as np
 
-OPTIONS = {"wsisum": {"rarity": "slide"}, "wsisum_search": {"rarity": "slide"}}  # no cohort needed
+OPTIONS = {name: {"rarity": "slide"} for name in ("wsisum", "wsisum_search", "wsisum_learned")}  # no cohort needed
+DATASET = "bench"  # the dataset a fitted selector is attached to (wsisum_learned)
+
+
+def with_selector(sampler, dim: int):
+    """`wsisum_learned` with a selector of the fitted shape (seeded random values: the summary-time
+    cost does not depend on them; the cohort fit is timed by the study that runs it)."""
+    if hasattr(sampler, "selectors"):
+        from wsisum.sampling.teacher_attention import HIDDEN
+
+        rng = np.random.default_rng(0)
+        shapes = {"mean": (dim,), "scale": (dim,), "v": (dim, HIDDEN), "bv": (HIDDEN,), "u": (dim, HIDDEN)}
+        params = {k: rng.normal(size=shape).astype(np.float32) for k, shape in shapes.items()}
+        params |= {"bu": np.zeros(HIDDEN, np.float32), "w": rng.normal(size=HIDDEN).astype(np.float32)}
+        sampler.selectors[DATASET] = params | {"scale": np.abs(params["scale"]) + 1.0}
+    return sampler
 
 
 def slide(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,17 +80,18 @@ def worker(name: str, bags: list[str], budget: int, repeats: int, threads: int, 
 
     faiss.omp_set_num_threads(threads)
     options = OPTIONS.get(name, {})
+    dim = read_bag(bags[-1]).features.shape[1]
     try:
         build_sampler(name, seed=0, **options)
     except Exception as err:  # any build failure (a missing checkpoint) is a skip reason
         return {"skip": f"{type(err).__name__}: {err}"}
 
     def fresh():  # a new sampler per slide, built outside the clock: its k-means cache starts empty
-        return build_sampler(name, seed=0, **options)
+        return with_selector(build_sampler(name, seed=0, **options), dim)
 
     def path_once(bag_path: str, sampler) -> None:
         bag = read_bag(bag_path)
-        sel = sampler.select(bag.features, budget, slide_id=Path(bag_path).stem, coords=bag.coords)
+        sel = sampler.select(bag.features, budget, slide_id=Path(bag_path).stem, coords=bag.coords, dataset=DATASET)
         write_summary(out_dir / f"{name}_{Path(bag_path).name}", bag, sel, sampler.recipe(budget), bag_path)
 
     times = {}

@@ -91,15 +91,15 @@ def child(what: str, root: Path, arg: str) -> dict:
         return {"setup_s": time.perf_counter() - t1, "slides": n}
     # summarize: arg = "<sampler>:<workers>:<max slides>"
     import hydra
-    from omegaconf import OmegaConf
 
+    from wsisum.api import sampler_config
     from wsisum.summarize.run import summarize_cohort
 
     sampler_name, workers, limit = arg.split(":")
     if int(limit) < len(cohort.slides):
         keep = list(cohort.slides)[: int(limit)]
         cohort.slides = {s: cohort.slides[s] for s in keep}
-    cfg = OmegaConf.load(REPO / "configs" / "sampler" / f"{sampler_name}.yaml")
+    cfg = sampler_config(sampler_name)  # its defaults list resolved, as the apps compose it
     cfg.seed = 0
     sampler = hydra.utils.instantiate(cfg)
     out = Path(tempfile.mkdtemp(prefix="bench-slides-out-"))

@@ -28,6 +28,19 @@ def sampler_names() -> list[str]:
     return sorted(p.stem for p in SAMPLER_CONFIGS.glob("*.yaml"))
 
 
+def sampler_config(name: str) -> Any:
+    """`configs/sampler/<name>.yaml` as Hydra composes it: the configs of its `defaults` list (siblings
+    in the group, e.g. `wsisum_learned` extends `wsisum`) merged first, then its own keys."""
+    from omegaconf import OmegaConf
+
+    path = SAMPLER_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        raise InputError(None, f"unknown sampler {name!r}; valid samplers: {', '.join(sampler_names())}")
+    own = OmegaConf.load(path)
+    parents = [sampler_config(str(entry)) for entry in own.pop("defaults", []) if str(entry) != "_self_"]
+    return OmegaConf.merge(*parents, own)
+
+
 def build_sampler(name: str, seed: int = 0, **options: Any) -> Sampler:
     """`configs/sampler/<name>.yaml` with `options` merged over it, instantiated as the apps do.
     `seed` is the top-level key the yamls interpolate (`seed: ${seed}`)."""
@@ -35,10 +48,7 @@ def build_sampler(name: str, seed: int = 0, **options: Any) -> Sampler:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    path = SAMPLER_CONFIGS / f"{name}.yaml"
-    if not path.is_file():
-        raise InputError(None, f"unknown sampler {name!r}; valid samplers: {', '.join(sampler_names())}")
-    base = OmegaConf.load(path)
+    base = sampler_config(name)
     valid = [str(k) for k in base if k != "_target_"]
     unknown = sorted(set(options) - set(valid))
     if unknown:

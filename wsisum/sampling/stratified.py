@@ -170,6 +170,11 @@ class StratifiedSummarySampler(Sampler):
         weights = rarity_weights(isolation(features, cand, rng, self.reference), rarity)
         return cand[weighted_farthest_points(features[cand], count, weights)]
 
+    def preferred(self, features, fixed: np.ndarray, rest: int, slide_id: str, context: dict) -> np.ndarray:
+        """Patches a subclass puts in the summary before the composition (the learned selector's,
+        `summarize.learned`); none here."""
+        return np.zeros(0, dtype=np.int64)
+
     def composition_weights(self, features, km, free: np.ndarray, sizes: np.ndarray, dataset: str | None):
         """Each cluster's share of the composition: its share of the slide, tilted by `teacher_tilt`
         towards its share of the teacher attention (`teacher_attention`); None without a fitted scorer."""
@@ -189,6 +194,8 @@ class StratifiedSummarySampler(Sampler):
         n = features.shape[0]
         count = quota_size(budget, self.summary_quota, self.composition_patches, self.quota_max)
         fixed = self.quota(features, km, count, rng, context.get("dataset"))
+        preferred = self.preferred(features, fixed, budget - len(fixed), slide_id, context)
+        fixed = np.concatenate([fixed, preferred]).astype(np.int64)
         free = np.ones(n, dtype=bool)
         free[fixed] = False
         rest = budget - len(fixed)
@@ -207,7 +214,7 @@ class StratifiedSummarySampler(Sampler):
             )
         ]
         chosen = np.concatenate([fixed, comp]).astype(np.int64)
-        n_quota, n_comp = len(fixed), len(chosen) - len(fixed)
+        n_quota, n_comp = len(fixed) - len(preferred), len(chosen) - len(fixed)
         if len(chosen) < budget:  # coverage: facility location on a weighted pool holding the chosen
             free[chosen] = False
             members = np.flatnonzero(free)
@@ -219,6 +226,8 @@ class StratifiedSummarySampler(Sampler):
             )
             chosen = pool[picked]
         attrs = {"n_quota": n_quota, "n_composition": n_comp, "n_clusters": km.k}
+        if len(preferred):
+            attrs["n_preferred"] = len(preferred)
         return Selection(chosen, attrs=attrs)
 
     def describe(self) -> dict[str, Any]:

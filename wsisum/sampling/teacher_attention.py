@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 HIDDEN = 64
 COMPONENTS = 32  # principal components of the fused teacher target that the pooling predicts
 EPOCHS = 300
+REDUCED = 64  # the selector's fit sees this many principal components of the standardised features: a
+# slide foundation model's target has as many numbers per slide as a cohort has slides, and a scorer
+# on 768-1536 raw dims fits it by chance directions (and costs D/64 times more per epoch)
+BASIS_ROWS = 20_000  # patches the principal directions are computed from (seeded sample)
 PARAMS = ("mean", "scale", "v", "bv", "u", "bu", "w")
 
 
@@ -51,12 +55,25 @@ def fused_target(targets: np.ndarray, components: int = COMPONENTS, explained: f
     return (scores / np.sqrt((scores**2).sum(1).mean())).astype(np.float32)
 
 
-def train_pooling(samples: list[np.ndarray], target: np.ndarray, seed: int, epochs: int = EPOCHS) -> dict:
+def train_pooling(
+    samples: list[np.ndarray],
+    target: np.ndarray,
+    seed: int,
+    epochs: int = EPOCHS,
+    select: int | None = None,
+    restarts: int = 1,
+) -> dict:
     """Gated-attention pooling of each slide's sample onto its target; returns numpy parameters.
-    Written out rather than torchmil's ABMIL: what is kept is the scorer alone, applied in numpy."""
+    Written out rather than torchmil's ABMIL: what is kept is the scorer alone, applied in numpy.
+
+    `select` = k: the pooling is the mean of the k best-scored patches (straight-through relaxed
+    top-k, `relaxed_topk`), so the scores are trained for the subset a summary keeps, not for a soft
+    weighting of the whole slide (under which a slide mean alone may carry the target). That fit is
+    not convex and lands in a poor optimum from some starts: `restarts` fits from seeds seed,
+    seed+1, ... and keeps the one whose hard top-k predicts the target best. It is fitted on the
+    REDUCED leading principal components of the features, folded back into the returned scorer."""
     import torch
 
-    torch.manual_seed(seed)
     flat = np.concatenate(samples).astype(np.float32)
     mean, scale = torch.from_numpy(flat.mean(0)), torch.from_numpy(np.maximum(flat.std(0), 1e-6))
     size = max(len(s) for s in samples)
@@ -66,21 +83,59 @@ def train_pooling(samples: list[np.ndarray], target: np.ndarray, seed: int, epoc
         x[i, : len(sample)] = (torch.from_numpy(sample.astype(np.float32)) - mean) / scale
         pad[i, : len(sample)] = False
     y = torch.from_numpy(target)
+    basis = None
+    if select is not None and x.shape[-1] > REDUCED:  # the selector is fitted on the leading components
+        rows = x[~pad]
+        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:BASIS_ROWS]]
+        basis = principal_basis(rows, REDUCED)
+        x = x @ basis
+    fits = [fit_scorer(x, pad, y, seed + r, epochs, select) for r in range(max(1, int(restarts)))]
+    params, loss = min(fits, key=lambda fit: fit[1])
+    if basis is not None:  # folded back: the scorer reads standardised features, as the softmax fit's does
+        params |= {"v": basis @ params["v"], "u": basis @ params["u"]}
+    log.info("teacher scorer fitted on %d slides: loss %.3f (best of %d starts)", len(samples), loss, len(fits))
+    return {k: t.detach().numpy().astype(np.float32) for k, t in ({"mean": mean, "scale": scale} | params).items()}
+
+
+def principal_basis(x, components: int):
+    """(D, components) leading principal directions of the rows of `x` (torch, standardised)."""
+    import torch
+
+    _, _, vt = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    return vt[:components].T.contiguous()
+
+
+def fit_scorer(x, pad, y, seed: int, epochs: int, select: int | None) -> tuple[dict, float]:
+    """One fit from one seed: (the scorer's tensors, its final loss; for `select`, of the hard top-k)."""
+    import torch
+
+    from wsisum.sampling.relaxed_topk import straight_through_topk
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     d = x.shape[-1]
     v, u = torch.nn.Linear(d, HIDDEN), torch.nn.Linear(d, HIDDEN)
     w, head = torch.nn.Linear(HIDDEN, 1, bias=False), torch.nn.Linear(d, y.shape[1])
     params = [*v.parameters(), *u.parameters(), *w.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-2)
-    for _ in range(int(epochs)):
+
+    def loss_of(noise: bool) -> torch.Tensor:
         logits = w(torch.tanh(v(x)) * torch.sigmoid(u(x))).squeeze(-1).masked_fill(pad, -torch.inf)
-        a = torch.softmax(logits, dim=1)
-        loss = torch.nn.functional.mse_loss(head(torch.einsum("sp,spd->sd", a, x)), y)
+        if select is None:
+            a = torch.softmax(logits, dim=1)
+        else:
+            _, weight, _ = straight_through_topk(logits, ~pad, select, noise=noise, generator=generator)
+            a = weight / weight.sum(1, keepdim=True)
+        return torch.nn.functional.mse_loss(head(torch.einsum("sp,spd->sd", a, x)), y)
+
+    for _ in range(int(epochs)):
+        loss = loss_of(noise=True)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    log.info("teacher attention fitted on %d slides: final loss %.3f", len(samples), float(loss.detach()))
-    out = {"mean": mean, "scale": scale, "v": v.weight.T, "bv": v.bias, "u": u.weight.T, "bu": u.bias, "w": w.weight[0]}
-    return {k: t.detach().numpy().astype(np.float32) for k, t in out.items()}
+    with torch.no_grad():
+        final = float(loss_of(noise=False))
+    return {"v": v.weight.T, "bv": v.bias, "u": u.weight.T, "bu": u.bias, "w": w.weight[0]}, final
 
 
 def attention_scores(features: np.ndarray, params: Mapping[str, np.ndarray], chunk: int = 16384) -> np.ndarray:
@@ -99,10 +154,14 @@ def fit_attention(
     cache_dir: str | Path | None,
     per_slide: int = 400,
     seed: int = 0,
+    select: int | None = None,
+    restarts: int = 1,
 ) -> dict[str, np.ndarray] | None:
-    """The dataset's attention parameters, from `cache_dir` when these bags were fitted before; None
-    when fewer than MIN_SLIDES slides have every teacher (no teacher view to learn from)."""
-    h = hashlib.sha1(f"attention|{per_slide}|{seed}|{HIDDEN}|{COMPONENTS}|{EPOCHS}".encode())
+    """The dataset's attention parameters (`train_pooling`), from `cache_dir` when these bags were
+    fitted before; None when fewer than MIN_SLIDES slides have every teacher (no teacher view to
+    learn from)."""
+    fit = "" if select is None else f"|select{int(select)}x{int(restarts)}pc{REDUCED}"  # softmax: its old key
+    h = hashlib.sha1(f"attention|{per_slide}|{seed}|{HIDDEN}|{COMPONENTS}|{EPOCHS}{fit}".encode())
     for sid, path in bags:
         h.update(f"|{sid}|{file_identity(path)}".encode())
     path = Path(cache_dir) / f"attention-{h.hexdigest()[:16]}.npz" if cache_dir is not None else None
@@ -113,7 +172,8 @@ def fit_attention(
     targets, keep = standardised_targets(tuple(ids), embeddings)
     if targets.shape[1] == 0 or keep.sum() < MIN_SLIDES:
         return None  # no teachers or too few slides with all of them
-    params = train_pooling([s for s, k in zip(samples, keep) if k], fused_target(targets[keep]), seed)
+    kept = [s for s, k in zip(samples, keep) if k]
+    params = train_pooling(kept, fused_target(targets[keep]), seed, select=select, restarts=restarts)
     if path is not None:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **params)
