@@ -9,8 +9,9 @@ the synthetic cohorts store them). Each sampler runs in its own Python process (
 for every slide (nothing is cached between slides: k-means is measured cold), after one untimed
 warm-up slide that pays the lazy imports. A slide's time is `read_bag` -> `sampler.select` -> the
 summary written with `wsisum.summarize.writer` (what `wsisum-summarize` does), best of `--repeats`.
-`wsisum`, `wsisum_search` and `wsisum_learned` run with `rarity=slide` (no cohort), the last with
-a selector of the fitted shape (`with_selector`); a sampler that cannot be built
+`wsisum` and `wsisum_search` run with `rarity=slide` (no cohort), `wsisum` with a selector of the
+fitted shape (`with_selector`: the summary a cohort with slide embeddings gets) and, as
+`wsisum_composition`, without it (learned_share=0: the summary without slide embeddings); a sampler that cannot be built
 without a checkpoint (`attention`) is skipped with its reason. One thread by default: what a
 summarize worker process gets. `s/slide` is wall time (the ratios use it); `cpu s` is the process's
 CPU time for the same run, close to the wall time on an idle machine and steadier on a loaded one.
@@ -29,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-OPTIONS = {name: {"rarity": "slide"} for name in ("wsisum", "wsisum_search", "wsisum_learned")}  # no cohort needed
-DATASET = "bench"  # the dataset a fitted selector is attached to (wsisum_learned)
+OPTIONS = {name: {"rarity": "slide"} for name in ("wsisum", "wsisum_search")}  # no cohort needed
+VARIANTS = {"wsisum_composition": ("wsisum", {"rarity": "slide", "learned_share": 0.0})}  # name -> (config, options)
+DATASET = "bench"  # the dataset a fitted selector is attached to (wsisum)
 
 
 def with_selector(sampler, dim: int):
-    """`wsisum_learned` with a selector of the fitted shape (seeded random values: the summary-time
+    """`wsisum` with a selector of the fitted shape (seeded random values: the summary-time
     cost does not depend on them; the cohort fit is timed by the study that runs it)."""
     if hasattr(sampler, "selectors"):
         from wsisum.sampling.teacher_attention import HIDDEN
@@ -79,15 +81,15 @@ def worker(name: str, bags: list[str], budget: int, repeats: int, threads: int, 
     from wsisum.summarize.writer import write_summary
 
     faiss.omp_set_num_threads(threads)
-    options = OPTIONS.get(name, {})
+    config, options = VARIANTS.get(name, (name, OPTIONS.get(name, {})))
     dim = read_bag(bags[-1]).features.shape[1]
     try:
-        build_sampler(name, seed=0, **options)
+        build_sampler(config, seed=0, **options)
     except Exception as err:  # any build failure (a missing checkpoint) is a skip reason
         return {"skip": f"{type(err).__name__}: {err}"}
 
     def fresh():  # a new sampler per slide, built outside the clock: its k-means cache starts empty
-        return with_selector(build_sampler(name, seed=0, **options), dim)
+        return with_selector(build_sampler(config, seed=0, **options), dim)
 
     def path_once(bag_path: str, sampler) -> None:
         bag = read_bag(bag_path)
@@ -147,8 +149,8 @@ def main() -> None:
     from wsisum.api import sampler_names
     from wsisum.data.bags import read_bag, write_bag
 
-    names = args.samplers or sampler_names()
-    unknown = sorted(set(names) - set(sampler_names()))
+    names = args.samplers or [*sampler_names(), *VARIANTS]
+    unknown = sorted(set(names) - set(sampler_names()) - set(VARIANTS))
     if unknown:
         ap.error(f"unknown sampler(s) {', '.join(unknown)}; registered: {', '.join(sampler_names())}")
     sizes = sorted(set(args.sizes))

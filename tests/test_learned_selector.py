@@ -1,4 +1,4 @@
-"""The learned selector (sampler=wsisum_learned): its relaxation, its determinism, and a planted signal
+"""The learned selector of the default summary (sampler=wsisum, learned_share): its relaxation, its determinism, and a planted signal
 that only the teachers see, found by it and missed by kcenter and by the default."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def test_learned_selection_is_deterministic_for_a_seed_and_cached(planted, tmp_p
     root, cohort, _ = planted
     path = sorted((root / "h5_files" / "pl").glob("*.h5"))[0]
     feats = read_bag(path).features
-    first, second = (learned(cohort, tmp_path / f"cache{i}", seed=3, restarts=1) for i in range(2))
+    first, second = (learned(cohort, tmp_path / f"cache{i}", seed=3, restarts=1, learned_share=0.5) for i in range(2))
     runs = [s.select(feats, 16, slide_id=path.stem, dataset="pl") for s in (first, second)]
     assert np.array_equal(runs[0].indices, runs[1].indices)
     assert runs[0].attrs["n_preferred"] == round(0.5 * (16 - runs[0].attrs["n_quota"]))
@@ -121,7 +121,7 @@ def test_without_slide_embeddings_the_summary_is_the_default(tmp_path: Path) -> 
     shutil.rmtree(root / "slide_embeddings")
     cohort = Cohort(root)
     sampler = learned(cohort, tmp_path / "cache")
-    default = StratifiedSummarySampler(n_clusters=4, rarity="slide", label="wsisum-learned")
+    default = StratifiedSummarySampler(n_clusters=4, rarity="slide")
     feats = read_bag(root / "h5_files" / "pl" / "pl-000.h5").features
     a, b = (s.select(feats, 16, slide_id="pl-000", dataset="pl").indices for s in (sampler, default))
     assert np.array_equal(a, b)

@@ -30,7 +30,7 @@ def sampler_names() -> list[str]:
 
 def sampler_config(name: str) -> Any:
     """`configs/sampler/<name>.yaml` as Hydra composes it: the configs of its `defaults` list (siblings
-    in the group, e.g. `wsisum_learned` extends `wsisum`) merged first, then its own keys."""
+    in the group, as a config extending `wsisum` lists it) merged first, then its own keys."""
     from omegaconf import OmegaConf
 
     path = SAMPLER_CONFIGS / f"{name}.yaml"

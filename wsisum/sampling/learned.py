@@ -1,5 +1,6 @@
-"""`sampler=wsisum_learned`: the default summary with part of it chosen by a teacher-trained selector,
-read off a slide in one pass over its patches.
+"""`sampler=wsisum`, the default summary: where the cohort has slide embeddings, its non-quota patches
+chosen by a teacher-trained selector, read off a slide in one pass over its patches; without them,
+the proportional composition of `stratified` (learned_share=0 gives that everywhere).
 
 The selector is a per-patch score (gated attention, `teacher_attention`) fitted on the cohort so that
 the mean of each slide's `select_size` best-scored patches predicts the slide foundation models'
@@ -9,11 +10,12 @@ subset that predicts them is made of the patches that carry it; neither coverage
 see that. No label is used, and no slide embedding is needed at summary time: a new slide is scored
 by the fitted parameters in numpy, O(N x D x 64).
 
-A summary: the default's quota of isolated, teacher-relevant patches (`stratified`), then
-`learned_share` of the remaining patches as a diverse top-K of the scores (facility location among
-the `candidate_factor` x K best-scored patches: the region the selector ranks first, without K
-near-duplicates), then the default's proportional composition for the rest. A dataset without
-slide embeddings has no selector: its summaries are the default's.
+A summary: the quota of isolated, teacher-relevant patches (`stratified`), then `learned_share` of
+the remaining patches as a diverse top-K of the scores (score-weighted facility location among the
+`candidate_factor` x K best-scored patches: the region the selector ranks first, without K
+near-duplicates), then the proportional composition for the rest. A dataset without slide
+embeddings (or a slide summarized without `prepare`, as `wsisum.summarize_slide` does) has no
+selector: its summaries are the composition summary's. torch is imported by the fit only.
 """
 
 from __future__ import annotations
@@ -51,11 +53,11 @@ def diverse_top(features: np.ndarray, scores: np.ndarray, free: np.ndarray, coun
 class LearnedSummarySampler(StratifiedSummarySampler):
     """The default summary, `learned_share` of its non-quota patches from the teacher-trained selector."""
 
-    name = "wsisum-learned"
+    name = "wsisum"
 
     def __init__(
         self,
-        learned_share: float = 0.5,
+        learned_share: float = 1.0,
         candidate_factor: int = 4,
         select_size: int = 16,
         restarts: int = 4,
