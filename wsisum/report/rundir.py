@@ -277,18 +277,19 @@ def open_run_dir(path: str | Path) -> RunDir:
 
 def stage_metrics(root: Path, stage: str, name: str) -> pd.DataFrame | None:
     """The tidy metrics of one stage of a run (`evaluate/` -> results.csv, `retrieve/` ->
-    retrieval.csv), the file regenerated from `<stage>/**/metrics.csv` when it is missing or older
-    than one of them. None when the stage has not run."""
+    retrieval.csv), the file regenerated from `<stage>/**/metrics.csv` when it is missing, older
+    than one of them, or holding another number of rows than they give (a run removed since). None when the stage
+    has not run."""
     merged = Path(root) / name
     stage_dir = Path(root) / stage
     files = find_metrics([stage_dir]) if stage_dir.is_dir() else []
     newest = max((f.stat().st_mtime for f in files), default=-math.inf)
-    if merged.is_file() and merged.stat().st_mtime >= newest:
-        return collect([merged])
     if not files:
-        return None
+        return collect([merged]) if merged.is_file() else None
     df = collect(files)
-    why = f"older than {stage}/" if merged.is_file() else "missing"
+    if merged.is_file() and merged.stat().st_mtime >= newest and len(collect([merged])) == len(df):
+        return collect([merged])
+    why = f"older than or not made from {stage}/" if merged.is_file() else "missing"
     log.info("%s is %s: rewritten from %d metrics.csv file(s)", merged, why, len(files))
     write_metrics(merged, df.to_dict("records"))
     os.utime(merged)  # at least as new as what it was made from

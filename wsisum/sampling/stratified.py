@@ -1,6 +1,7 @@
-"""`sampler=wsisum`, the default summary: the slide's composition in proportion, its rare findings on
-purpose, the rest to coverage. numpy and faiss only (no model, no torch import at the default
-settings), linear in N.
+"""The composition summary: the slide's composition in proportion, its rare findings on purpose, the
+rest to coverage. numpy and faiss only (no model, no torch import at the default settings), linear
+in N. `sampler=wsisum` (`learned`) is this with the composition replaced by a teacher-trained
+selector's picks wherever the cohort has slide embeddings; without them, it is this summary.
 
 A summary of K patches is built in three parts, all from the slide's k-means (50 clusters, shared
 with every sampler of a study through the cluster cache):
@@ -104,7 +105,7 @@ def cohort_embeddings(cohort: Any, dataset: str):
 
 
 class StratifiedSummarySampler(Sampler):
-    """The default summary (module docstring): quota + proportional composition + coverage."""
+    """The composition summary (module docstring): quota + proportional composition + coverage."""
 
     name = "wsisum"
 
