@@ -42,10 +42,9 @@ def with_selector(sampler, dim: int):
         from wsisum.sampling.teacher_attention import HIDDEN
 
         rng = np.random.default_rng(0)
-        shapes = {"mean": (dim,), "scale": (dim,), "v": (dim, HIDDEN), "bv": (HIDDEN,), "u": (dim, HIDDEN)}
+        shapes = {"v": (dim, HIDDEN), "bv": (HIDDEN,), "u": (dim, HIDDEN), "bu": (HIDDEN,), "w": (HIDDEN,)}
         params = {k: rng.normal(size=shape).astype(np.float32) for k, shape in shapes.items()}
-        params |= {"bu": np.zeros(HIDDEN, np.float32), "w": rng.normal(size=HIDDEN).astype(np.float32)}
-        sampler.selectors[DATASET] = params | {"scale": np.abs(params["scale"]) + 1.0}
+        sampler.selectors[DATASET] = params | {"mean": np.zeros(dim, np.float32), "scale": np.ones(dim, np.float32)}
     return sampler
 
 

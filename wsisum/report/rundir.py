@@ -287,8 +287,9 @@ def stage_metrics(root: Path, stage: str, name: str) -> pd.DataFrame | None:
     if not files:
         return collect([merged]) if merged.is_file() else None
     df = collect(files)
-    if merged.is_file() and merged.stat().st_mtime >= newest and len(collect([merged])) == len(df):
-        return collect([merged])
+    kept = collect([merged]) if merged.is_file() and merged.stat().st_mtime >= newest else None
+    if kept is not None and len(kept) == len(df):
+        return kept
     why = f"older than or not made from {stage}/" if merged.is_file() else "missing"
     log.info("%s is %s: rewritten from %d metrics.csv file(s)", merged, why, len(files))
     write_metrics(merged, df.to_dict("records"))

@@ -28,7 +28,7 @@ import numpy as np
 
 from wsisum.errors import InputError
 from wsisum.sampling.facility import cosine_matrix, facility_location_greedy
-from wsisum.sampling.stratified import StratifiedSummarySampler, cohort_embeddings
+from wsisum.sampling.stratified import StratifiedSummarySampler
 from wsisum.sampling.teacher_attention import attention_scores, fit_attention
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class LearnedSummarySampler(StratifiedSummarySampler):
         restarts: int = 4,
         **stratified: Any,
     ):
-        label = stratified.pop("label", None)
-        super().__init__(**stratified, label=label or self.name)
+        super().__init__(**stratified)
         for key, value, low in (("candidate_factor", candidate_factor, 1), ("select_size", select_size, 1)):
             if int(value) < low:
                 raise InputError(None, f"sampler.{key} must be >= {low}, got {value}")
@@ -74,24 +73,25 @@ class LearnedSummarySampler(StratifiedSummarySampler):
         self.select_size, self.restarts = int(select_size), max(1, int(restarts))
         self.selectors: dict[str, dict[str, np.ndarray]] = {}  # dataset -> fitted selector
 
-    def prepare(self, cohort: Any, cache_dir: str | Path | None = None) -> None:
-        """The default's codebook and quota weights, then one selector per dataset with slide embeddings."""
-        super().prepare(cohort, cache_dir)
-        for dataset in cohort.datasets:
-            bags = [(sid, rec.bag_path) for sid, rec in cohort.slides.items() if rec.dataset == dataset]
-            params = fit_attention(
-                bags,
-                cohort_embeddings(cohort, dataset),
-                cache_dir,
-                self.codebook_per_slide,
-                self.seed,
-                select=self.select_size,
-                restarts=self.restarts,
-            )
-            if params is None:
-                log.warning("dataset %s: no slide embeddings to fit a selector on; its summaries are wsisum's", dataset)
-            else:
-                self.selectors[dataset] = params
+    def prepare_dataset(self, dataset: str, bags: list, embeddings, cache_dir: str | Path | None) -> None:
+        """The composition summary's cohort state, then the dataset's selector where it has slide
+        embeddings (none is fitted when `learned_share` is 0: it would pick nothing)."""
+        super().prepare_dataset(dataset, bags, embeddings, cache_dir)
+        if self.learned_share <= 0:
+            return
+        params = fit_attention(
+            bags,
+            embeddings,
+            cache_dir,
+            self.codebook_per_slide,
+            self.seed,
+            select=self.select_size,
+            restarts=self.restarts,
+        )
+        if params is None:
+            log.warning("dataset %s: no slide embeddings to fit a selector on; its summaries are wsisum's", dataset)
+        else:
+            self.selectors[dataset] = params
 
     def preferred(self, features, fixed: np.ndarray, rest: int, slide_id: str, context: dict) -> np.ndarray:
         """round(learned_share x rest) patches: the diverse top of the selector's scores."""

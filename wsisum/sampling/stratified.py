@@ -141,25 +141,29 @@ class StratifiedSummarySampler(Sampler):
             self.name = str(label)
 
     def prepare(self, cohort: Any, cache_dir: str | Path | None = None) -> None:
-        """One visual-word codebook per dataset of the cohort (cached in `cache_dir`) and its words'
-        quota weights: teacher relevance (`rarity=teacher`, where the cohort has slide embeddings),
-        else idf."""
-        if self.rarity == "slide":
-            return
+        """Cohort-level state per dataset (`prepare_dataset`), each slide's teacher embeddings read
+        once per dataset for every fit that asks for them."""
         for dataset in cohort.datasets:
             bags = [(sid, rec.bag_path) for sid, rec in cohort.slides.items() if rec.dataset == dataset]
-            book = cohort_codebook(dataset, bags, cache_dir, self.codebook_words, self.codebook_per_slide, self.seed)
-            self.codebooks[dataset] = book
-            embeddings = cohort_embeddings(cohort, dataset)
-            weights = fit_relevance(book, embeddings) if self.rarity == "teacher" else None
-            if weights is None:
-                weights = book.word_idf()
-            if weights is not None:
-                self.word_weights[dataset] = weights
-            if self.teacher_tilt > 0:
-                params = fit_attention(bags, embeddings, cache_dir, self.codebook_per_slide, self.seed)
-                if params is not None:
-                    self.attention[dataset] = params
+            self.prepare_dataset(dataset, bags, cohort_embeddings(cohort, dataset), cache_dir)
+
+    def prepare_dataset(self, dataset: str, bags: list, embeddings, cache_dir: str | Path | None) -> None:
+        """One visual-word codebook for the dataset (cached in `cache_dir`) and its words' quota
+        weights: teacher relevance (`rarity=teacher`, where the cohort has slide embeddings), else idf;
+        with `teacher_tilt`, the teacher attention. Nothing with `rarity=slide`."""
+        if self.rarity == "slide":
+            return
+        book = cohort_codebook(dataset, bags, cache_dir, self.codebook_words, self.codebook_per_slide, self.seed)
+        self.codebooks[dataset] = book
+        weights = fit_relevance(book, embeddings) if self.rarity == "teacher" else None
+        if weights is None:
+            weights = book.word_idf()
+        if weights is not None:
+            self.word_weights[dataset] = weights
+        if self.teacher_tilt > 0:
+            params = fit_attention(bags, embeddings, cache_dir, self.codebook_per_slide, self.seed)
+            if params is not None:
+                self.attention[dataset] = params
 
     def quota(self, features, km, count: int, rng: np.random.Generator, dataset: str | None) -> np.ndarray:
         """`count` isolated, cohort-rare patches, pairwise far apart (weighted farthest-point)."""
@@ -173,7 +177,7 @@ class StratifiedSummarySampler(Sampler):
 
     def preferred(self, features, fixed: np.ndarray, rest: int, slide_id: str, context: dict) -> np.ndarray:
         """Patches a subclass puts in the summary before the composition (the learned selector's,
-        `summarize.learned`); none here."""
+        `sampling.learned`); none here."""
         return np.zeros(0, dtype=np.int64)
 
     def composition_weights(self, features, km, free: np.ndarray, sizes: np.ndarray, dataset: str | None):

@@ -14,8 +14,9 @@ same (`teacher_relevance.standardised_targets`), reduced to the principal compon
 attention a = softmax_p(w . (tanh(V x_p) * sigmoid(U x_p))), prediction = H (sum_p a_p x_p),
 MSE, AdamW, full batch. torch is imported for the fit only. No labels are used.
 
-Apply (`attention_scores`): numpy, one pass, O(N * D * hidden). The default summary tilts its
-proportional composition towards the clusters that hold the attention mass (`teacher_tilt`).
+Apply (`attention_scores`): numpy, one pass, O(N * D * hidden). The composition summary can tilt its
+proportional composition towards the clusters that hold the attention mass (`teacher_tilt`); with
+`select`, the same scorer trained for a top-k subset is the default summary's selector (`learned`).
 """
 
 from __future__ import annotations
