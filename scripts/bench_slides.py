@@ -90,18 +90,14 @@ def child(what: str, root: Path, arg: str) -> dict:
         n = sum(len(p.slide_ids) for p in dm.parts.values())
         return {"setup_s": time.perf_counter() - t1, "slides": n}
     # summarize: arg = "<sampler>:<workers>:<max slides>"
-    import hydra
-
-    from wsisum.api import sampler_config
+    from wsisum.api import build_sampler
     from wsisum.summarize.run import summarize_cohort
 
     sampler_name, workers, limit = arg.split(":")
     if int(limit) < len(cohort.slides):
         keep = list(cohort.slides)[: int(limit)]
         cohort.slides = {s: cohort.slides[s] for s in keep}
-    cfg = sampler_config(sampler_name)  # its defaults list resolved, as the apps compose it
-    cfg.seed = 0
-    sampler = hydra.utils.instantiate(cfg)
+    sampler = build_sampler(sampler_name, seed=0)  # its config as the apps compose it
     out = Path(tempfile.mkdtemp(prefix="bench-slides-out-"))
     try:
         report = summarize_cohort(cohort, sampler, 16, out, workers=int(workers), progress=False)

@@ -190,7 +190,7 @@ def test_summary_bag_records_the_quota(tmp_path: Path) -> None:
     )
     np.testing.assert_array_equal(a.indices, b.indices)
     assert a.score >= a.attrs["random_best_score"]
-    noteacher = WSISumSampler(str(ckpt), teacher_weight=0.0, label="wsisum-noteacher")
+    noteacher = WSISumSampler(str(ckpt), teacher_weight=0.0).named("wsisum-noteacher")
     assert noteacher.name == "wsisum-noteacher" and not noteacher.needs_teachers
     # every variant draws the default's stream, so an ablation differs only by its switch
     np.testing.assert_array_equal(noteacher.rng("s").random(4), WSISumSampler(str(ckpt)).rng("s").random(4))

@@ -19,6 +19,7 @@ from wsisum.sampling.base import Sampler, Selection
 from wsisum.summarize import writer
 
 SAMPLER_CONFIGS = Path(__file__).resolve().parent / "configs" / "sampler"
+POOL_CONFIG = SAMPLER_CONFIGS.parent / "pool" / "default.yaml"  # what a sampler config interpolates as ${pool.*}
 MODEL_SCORING = {"teacher_weight": 1.0}  # a Summarizer loads a checkpoint to score with it: slide-level term on
 SET_BY_SUMMARIZER = ("ckpt_path", "device", "target")
 
@@ -43,7 +44,7 @@ def sampler_config(name: str) -> Any:
 
 def build_sampler(name: str, seed: int = 0, **options: Any) -> Sampler:
     """`configs/sampler/<name>.yaml` with `options` merged over it, instantiated as the apps do.
-    `seed` is the top-level key the yamls interpolate (`seed: ${seed}`)."""
+    `seed` and `pool` are the top-level keys the yamls interpolate (`seed: ${seed}`, `${pool.size}`)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -54,7 +55,8 @@ def build_sampler(name: str, seed: int = 0, **options: Any) -> Sampler:
     if unknown:
         raise InputError(None, f"sampler={name} has no option {', '.join(unknown)}; valid options: {', '.join(valid)}")
     plain = {k: str(v) if isinstance(v, Path) else v for k, v in options.items()}
-    cfg = OmegaConf.merge({"seed": int(seed), "sampler": base}, {"sampler": plain})
+    root = {"seed": int(seed), "pool": OmegaConf.load(POOL_CONFIG), "sampler": base}
+    cfg = OmegaConf.merge(root, {"sampler": plain})
     try:
         return instantiate(cfg.sampler)
     except InstantiationException as err:

@@ -80,6 +80,7 @@ def stage_train(study: Study, cfg: DictConfig, root: Path, upstream: list[str], 
         f"paths.output_dir={train_dir}",
         f"pool.cache_dir={study.run_dir / CACHE_DIR / CLUSTERS_DIR}",
         f"seed={cfg.seed}",
+        *cfg.pool_overrides,  # the pool is one config for pretraining and the search summary
         *cfg.train.overrides,
         *extra,
     ]
@@ -117,7 +118,7 @@ def summary_recipes(cfg: DictConfig) -> list[tuple[str, str, list[str]]]:
             raise InputError(None, f"summarize.ablations names {name!r}, which summarize.variants does not define")
         base = str(variants[name].sampler)
         extra = [*list(cfg.summarize.overrides.get(base) or []), *list(variants[name].get("overrides") or [])]
-        out.append((name, base, [*extra, f"sampler.label={name}"]))
+        out.append((name, base, extra))  # named by stage_summaries' sampler_name=<name>
     return out
 
 
@@ -154,6 +155,7 @@ def stage_summaries(
                 f"seed={cfg.seed}",
                 f"cache_dir={study.run_dir / CACHE_DIR}",
                 f"paths.output_dir={study.run_dir / LOGS_DIR / 'summarize' / label}",
+                *cfg.pool_overrides,
                 *extra,
             ]
             needs = list(upstream)

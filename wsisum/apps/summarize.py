@@ -18,7 +18,7 @@ from wsisum.summarize.run import summarize_cohort
 def summarize(cfg: DictConfig) -> RunReport:
     budget = budget_option(cfg.budget)
     stop_on_error = check_on_bad(str(cfg.data.get("on_bad_slide", "skip"))) == "error"
-    sampler = hydra.utils.instantiate(cfg.sampler)
+    sampler = hydra.utils.instantiate(cfg.sampler).named(cfg.get("sampler_name"))
     budget = sampler.check_budget(budget)  # budget=auto with a sampler that has no size of its own: one line
     cohort = Cohort(cfg.data.root, cfg.data.datasets, **layout_options(cfg.data))
     trainer = None

@@ -41,6 +41,14 @@ class Sampler(ABC):
         self.seed = int(seed)
         self.clusters = ClusterStore()  # k-means per slide; the summarize stage points it at the study's cache
 
+    def named(self, name: str | None) -> Sampler:
+        """This sampler under `name` in its summaries and metrics (`sampler_name`; None keeps its own):
+        an ablation variant such as wsisum-noquota is a sampler of its own for the report. The name
+        also keys the sampler's random draws (`rng`), unless the sampler fixes that key."""
+        if name:
+            self.name = str(name)
+        return self
+
     def use_clusters(self, store: ClusterStore) -> None:
         """Share one clustering per slide with every stage and sampler of the study (`cluster_cache`)."""
         self.clusters = store

@@ -124,7 +124,6 @@ class StratifiedSummarySampler(Sampler):
         candidates: int = 256,
         reference: int = 2048,
         teacher_tilt: float = 0.0,
-        label: str | None = None,
     ):
         super().__init__(seed)
         check_settings(composition_share, summary_quota, quota_max, rarity)
@@ -137,8 +136,6 @@ class StratifiedSummarySampler(Sampler):
         self.attention: dict[str, dict[str, np.ndarray]] = {}  # dataset -> teacher-attention scorer
         self.codebooks: dict[str, Codebook] = {}  # dataset -> visual words, fitted by `prepare`
         self.word_weights: dict[str, np.ndarray] = {}  # dataset -> (E, W) quota weight per word
-        if label:  # an ablation variant is its own sampler in summaries and metrics
-            self.name = str(label)
 
     def prepare(self, cohort: Any, cache_dir: str | Path | None = None) -> None:
         """Cohort-level state per dataset (`prepare_dataset`), each slide's teacher embeddings read

@@ -82,7 +82,8 @@ class WSISumSampler(Sampler):
     """The learned summarizer as a sampler: a rare-aware k-means pool from the full bag, then the
     selection of `wsisum.summarize.selection` (default) or the random search of `wsisum.summarize.scorer`."""
 
-    name = "wsisum"
+    name = "wsisum_search"  # as its config (sampler=wsisum_search); the pipeline runs it as wsisum-search
+    DRAW_KEY = "wsisum"  # keys the draws of every variant (`rng`); its name before the default moved on
 
     def __init__(
         self,
@@ -113,7 +114,6 @@ class WSISumSampler(Sampler):
         refine_batch: int = 8,
         faithful: bool = False,
         device: str = "auto",
-        label: str | None = None,
     ):
         super().__init__(seed)
         self.needs_model = model_scores(faithful, selection, teacher_weight)
@@ -139,8 +139,6 @@ class WSISumSampler(Sampler):
         self.rarity, self.codebook_words, self.codebook_per_slide = rarity, int(codebook_words), int(codebook_per_slide)
         self.codebooks: dict[str, Codebook] = {}  # dataset -> visual words, fitted by `prepare`
         self.needs_teachers = target == "teacher" and self.needs_model
-        if label:  # an ablation variant is its own sampler in summaries and metrics (e.g. wsisum-noquota)
-            self.name = str(label)
 
     @classmethod
     def loads_model(cls, options: Any) -> bool:
@@ -149,9 +147,9 @@ class WSISumSampler(Sampler):
         )
 
     def rng(self, slide_id: str) -> np.random.Generator:
-        """The same stream for every variant (keyed `wsisum`, not the label): an ablation then differs
-        from the default only by its switch, not also by its random candidates and swaps."""
-        return rng_for(self.seed, slide_id, WSISumSampler.name)
+        """The same stream for every variant (keyed `DRAW_KEY`, not the name): an ablation then differs
+        from the search summary only by its switch, not also by its random candidates and swaps."""
+        return rng_for(self.seed, slide_id, self.DRAW_KEY)
 
     def prepare(self, cohort: Any, cache_dir: str | Path | None = None) -> None:
         """`rarity=cohort`: one visual-word codebook per dataset of the cohort (cached in `cache_dir`)."""
