@@ -74,7 +74,8 @@ def big_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("path", ["single", "workers", "ddp"])
+# ddp (two spawned ranks killed three times, 33 s) runs with the slow tests: the default run keeps <= 10 min
+@pytest.mark.parametrize("path", ["single", "workers", pytest.param("ddp", marks=pytest.mark.slow)])
 def test_summarize_killed_at_three_random_points_then_completes(big_cohort: Path, tmp_path: Path, path: str) -> None:
     rng = random.Random(f"{SEED}-{path}")
     out = tmp_path / "summ"

@@ -111,6 +111,7 @@ def _train(root: Path, run: Path, seed: int, cwd: Path) -> dict[str, torch.Tenso
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
+@pytest.mark.slow  # three pretrainings (27 s): with the slow tests, so the default run keeps <= 10 min
 def test_pretraining_weights_repeat_and_follow_the_seed(tiny_cohort: Path, tmp_path: Path) -> None:
     a = _train(tiny_cohort, tmp_path / "a", 0, tmp_path)
     b = _train(tiny_cohort, tmp_path / "b", 0, tmp_path)
