@@ -5,7 +5,8 @@
 For a change that must not change behaviour (a refactor, an upgrade): run the study before and after,
 then compare. One line per part (summaries, results.csv, retrieval.csv) with what was compared and what
 differed, the first differences listed; exit status 0 when all are identical (within --atol), 1 otherwise.
-Recipe attrs and timings are not compared: a refactor may rename a recipe key without changing a summary.
+Recipe attrs and the cost metrics (times in seconds, `*_s`; memory, `*_mb`) are not compared: a refactor
+may rename a recipe key without changing a summary, and no two runs take the same time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 from wsisum.run_layout import RESULTS_FILE, RETRIEVAL_FILE, SUMMARIES_DIR
 
 SHOWN = 5  # differences listed per part
+COST_SUFFIXES = ("_s", "_mb")  # epoch_time_s, fit_time_s, query_time_s, peak memory: the machine's, not the study's
 
 
 def summary_files(run: Path) -> dict[str, Path]:
@@ -47,13 +49,14 @@ def compare_summaries(a: Path, b: Path) -> tuple[str, list[str]]:
 
 
 def compare_table(a: Path, b: Path, name: str, atol: float) -> tuple[str, list[str]]:
-    """Rows keyed by every column but `value`; values equal within atol (NaN equals NaN)."""
+    """Rows keyed by every column but `value`; values equal within atol (NaN equals NaN); no cost metric."""
     if not (a / name).is_file() and not (b / name).is_file():
         return f"{name}: in neither run", []
     for run in (a, b):
         if not (run / name).is_file():
             return f"{name}: missing", [f"no {name} in {run}"]
-    left, right = pd.read_csv(a / name), pd.read_csv(b / name)
+    left, right = (pd.read_csv(run / name) for run in (a, b))
+    left, right = (t[~t.metric.str.endswith(COST_SUFFIXES)] for t in (left, right))
     keys = [c for c in left.columns if c != "value"]
     if list(left.columns) != list(right.columns):
         return f"{name}: other columns", [f"{list(left.columns)} vs {list(right.columns)}"]

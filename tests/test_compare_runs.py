@@ -31,6 +31,7 @@ def make_run(run: Path) -> Path:
         for fold in range(3)
     ]
     cols = ["task", "sampler", "budget", "mil", "fold", "seed", "metric", "value"]
+    rows += [("syn_brca", "kmeans", 16, "abmil", 0, 0, "fit_time_s", 1.0)]
     pd.DataFrame(rows, columns=cols).to_csv(run / "results.csv", index=False)
     return run
 
@@ -43,6 +44,9 @@ def test_a_copy_is_identical_and_one_change_is_found(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a")
     b = tmp_path / "b"
     shutil.copytree(a, b)
+    timed = pd.read_csv(b / "results.csv")
+    timed.loc[timed.metric == "fit_time_s", "value"] = 2.5  # no two runs take the same time: not compared
+    timed.to_csv(b / "results.csv", index=False)
     same = compare(a, b)
     assert same.returncode == 0, same.stdout + same.stderr
     assert "summaries: 4 bags in 2 sets compared index for index: identical" in same.stdout
