@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
+from wsisum.report.lesions import summary_indices
 from wsisum.run_layout import RESULTS_FILE, RETRIEVAL_FILE, SUMMARIES_DIR
 
 SHOWN = 5  # differences listed per part
@@ -31,11 +31,6 @@ def summary_files(run: Path) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in sorted(root.glob("*/*/*.h5"))}
 
 
-def indices(path: Path) -> np.ndarray:
-    with h5py.File(path, "r") as f:
-        return f["indices"][()]
-
-
 def compare_summaries(a: Path, b: Path) -> tuple[str, list[str]]:
     left, right = summary_files(a), summary_files(b)
     if not left and not right:
@@ -43,7 +38,9 @@ def compare_summaries(a: Path, b: Path) -> tuple[str, list[str]]:
     problems = [f"only in {a}: {k}" for k in sorted(set(left) - set(right))]
     problems += [f"only in {b}: {k}" for k in sorted(set(right) - set(left))]
     shared = sorted(set(left) & set(right))
-    problems += [f"other indices: {k}" for k in shared if not np.array_equal(indices(left[k]), indices(right[k]))]
+    problems += [
+        f"other indices: {k}" for k in shared if not np.array_equal(summary_indices(left[k]), summary_indices(right[k]))
+    ]
     sets = len({k.split("/")[0] for k in shared})
     return f"summaries: {len(shared)} bags in {sets} sets compared index for index", problems
 

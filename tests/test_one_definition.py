@@ -9,13 +9,11 @@ import typing
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from tests.conftest import make_cohort
+from tests.conftest import compose_config, make_cohort
 from wsisum.api import sampler_config, sampler_names
-from wsisum.apps._app import CONFIG_DIR
 from wsisum.data.bags import read_bag
 
 POOL_KEYS = {"size": "pool_size", "n_clusters": "n_clusters", "allocation_power": "allocation_power"}
@@ -31,15 +29,11 @@ def test_a_sampler_is_named_as_its_config(name: str) -> None:
     assert made.name == name
 
 
-def _compose(app: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name=app, overrides=overrides)
-
-
 @pytest.mark.parametrize("overrides", [[], ["pool.n_clusters=8", "pool.size=64", "pool.rare_quota=0.0"]])
-def test_pretraining_draws_the_pool_the_search_searches(overrides: list[str]) -> None:
-    train = _compose("train", ["data.root=/tmp/x", *overrides])
-    search = _compose("summarize", ["data.root=/tmp/x", "out_dir=/tmp/x", "sampler=wsisum_search", *overrides])
+def test_pretraining_draws_the_pool_the_search_searches(overrides: list[str], tmp_path: Path) -> None:
+    train = compose_config("train", ["data.root=/tmp/x", *overrides], tmp_path)
+    summarize = ["data.root=/tmp/x", "out_dir=/tmp/x", "sampler=wsisum_search", *overrides]
+    search = compose_config("summarize", summarize, tmp_path)
     transform = OmegaConf.to_container(train.data.transform, resolve=True)
     sampler = OmegaConf.to_container(search.sampler, resolve=True)
     for pool_key, sampler_key in POOL_KEYS.items():
@@ -49,9 +43,9 @@ def test_pretraining_draws_the_pool_the_search_searches(overrides: list[str]) ->
         assert (sampler["n_clusters"], sampler["pool_size"], sampler["rare_quota"]) == (8, 64, 0.0)
 
 
-def test_a_pipeline_pool_setting_reaches_pretraining_and_the_search() -> None:
+def test_a_pipeline_pool_setting_reaches_pretraining_and_the_search(tmp_path: Path) -> None:
     """The tiny study sets its small pool once (`pool_overrides`); both stages compose with it."""
-    tiny = _compose("pipeline", ["experiment=tiny"])
+    tiny = compose_config("pipeline", ["experiment=tiny"], tmp_path)
     assert list(tiny.pool_overrides) == ["pool.size=64", "pool.n_clusters=8"]
     assert not any(o.startswith("pool.") for o in tiny.train.overrides)
     assert not any("pool_size" in o for o in tiny.summarize.overrides.wsisum_search)
